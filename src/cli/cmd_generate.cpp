@@ -6,6 +6,7 @@
 #include <spdlog/spdlog.h>
 
 #include "cli/commands.h"
+#include "cli/launcher.h"
 #include "core/error.h"
 #include "runtime/engine.h"
 #include "serve/chat_template.h"
@@ -29,14 +30,10 @@ struct GenerateArgs {
   int max_context = 0;
   bool ignore_eos = false;
   bool stats = false;
+  ParallelArgs parallel;
 };
 
-void run_generate(const GenerateArgs& a) {
-  EngineOptions eo;
-  eo.model_dir = a.model;
-  eo.device = a.device;
-  eo.max_context = a.max_context;
-  eo.show_progress = true;
+void generate_text(const GenerateArgs& a, const EngineOptions& eo) {
   Tokenizer tokenizer = Tokenizer::from_dir(a.model);
   std::string text = a.prompt;
   if (a.chat) {
@@ -69,6 +66,36 @@ void run_generate(const GenerateArgs& a) {
   if (a.stats)
     spdlog::info("{} prompt tokens, {} new tokens in {:.2f} s ({:.1f} tok/s), finish: {}",
                  prompt.size(), r.tokens.size(), s, r.tokens.size() / s, r.finish_reason);
+  if (ExpertParallel* ep = engine.expert_parallel()) ep->finish();
+}
+
+void run_generate(const GenerateArgs& a) {
+  std::unique_ptr<RankGroup> ranks = start_ranks(a.parallel, a.device);
+  EngineOptions eo;
+  eo.model_dir = a.model;
+  eo.device = a.device;
+  eo.max_context = a.max_context;
+  eo.show_progress = true;
+  if (!ranks) {
+    generate_text(a, eo);
+    return;
+  }
+  // Rank 0 runs the prompt; the other ranks serve their experts until it is done. Any rank's
+  // error stops them all, naming the rank.
+  eo.ranks = &ranks->comm();
+  eo.expert_parallel = a.parallel.options();
+  eo.redundant_experts = a.parallel.redundant_experts;
+  try {
+    if (ranks->info().rank == 0) {
+      generate_text(a, eo);
+    } else {
+      Engine engine(eo);
+      engine.follow_other_ranks();
+      engine.expert_parallel()->finish();
+    }
+  } catch (const std::exception& e) {
+    ranks->abort(e.what());
+  }
 }
 
 }  // namespace
@@ -96,6 +123,7 @@ void register_generate(CLI::App& app) {
       ->check(CLI::NonNegativeNumber);
   cmd->add_flag("--ignore-eos", args->ignore_eos, "Keep generating past the end-of-sequence token");
   cmd->add_flag("--stats", args->stats, "Print token counts and speed to stderr");
+  add_parallel_options(*cmd, args->parallel);
   cmd->callback([args] { run_generate(*args); });
 }
 

@@ -6,5 +6,7 @@ namespace trident::cli {
 
 // Each adds a subcommand whose callback runs it; errors propagate as trident::Error.
 void register_generate(CLI::App& app);
+void register_serve(CLI::App& app);
+void register_bench_serve(CLI::App& app);
 
 }  // namespace trident::cli

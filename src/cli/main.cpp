@@ -1,6 +1,7 @@
 // trident: the command line. Subcommands each live in their own file (cmd_*.cpp) and register
 // themselves here.
 #include <CLI/CLI.hpp>
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include <cstdio>
@@ -17,6 +18,8 @@ int main(int argc, char** argv) {
   spdlog::set_pattern("[%H:%M:%S.%e] %^%l%$ %v");
 
   trident::cli::register_generate(app);
+  trident::cli::register_serve(app);
+  trident::cli::register_bench_serve(app);
 
   try {
     app.parse(argc, argv);

@@ -46,7 +46,7 @@ Tensor DeepseekV3::forward(const StepInput& in, KvCache& cache) {
       backend_.add_rms_norm(sublayer_out, residual, lw.input_norm, eps, h);
     Tensor attn_out = attention(l, h, in, cache);
     backend_.add_rms_norm(attn_out, residual, lw.post_attention_norm, eps, h);
-    sublayer_out = lw.is_moe ? moe(lw.moe, h) : mlp(lw.mlp, h);
+    sublayer_out = lw.is_moe ? moe(l, lw.moe, h) : mlp(lw.mlp, h);
   }
   backend_.add(residual, sublayer_out);
 
@@ -98,7 +98,17 @@ Tensor DeepseekV3::mlp(const MlpWeights& w, const Tensor& h) {
   return out;
 }
 
-Tensor DeepseekV3::moe(const MoeWeights& w, const Tensor& h) {
+void DeepseekV3::idle_step() {
+  TRI_CHECK(experts_hook_ != nullptr, "idle_step: only ranks of an expert-parallel group idle");
+  for (int l = 0; l < config_.num_hidden_layers; ++l) {
+    const LayerWeights& lw = weights_.layers[l];
+    if (!lw.is_moe) continue;
+    Tensor none;
+    experts_hook_->moe_experts(l, none, none, none, lw.moe.experts, none);
+  }
+}
+
+Tensor DeepseekV3::moe(int layer, const MoeWeights& w, const Tensor& h) {
   const int64_t T = h.dim(0);
   Tensor logits = backend_.alloc(DType::F32, {T, config_.n_routed_experts});
   backend_.linear(h, w.router, logits);
@@ -106,7 +116,10 @@ Tensor DeepseekV3::moe(const MoeWeights& w, const Tensor& h) {
   Tensor weights = backend_.alloc(DType::F32, {T, gate_.top_k});
   backend_.moe_gate(logits, w.router_bias, gate_, ids, weights);
   Tensor out = backend_.alloc(backend_.activation_dtype(), {T, config_.hidden_size});
-  backend_.moe_experts(h, ids, weights, w.experts, out);
+  if (experts_hook_)
+    experts_hook_->moe_experts(layer, h, ids, weights, w.experts, out);
+  else
+    backend_.moe_experts(h, ids, weights, w.experts, out);
   if (w.has_shared) backend_.add(out, mlp(w.shared, h));
   return out;
 }

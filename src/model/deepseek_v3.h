@@ -13,6 +13,18 @@ namespace trident {
 
 KvCache make_kv_cache(Backend& backend, const ModelConfig& config, int n_pages);
 
+// Runs the routed experts of MoE layers whose experts are spread over ranks (src/parallel).
+// Every rank calls it for every MoE layer of every step, in layer order, even with no tokens.
+class RoutedExpertsHook {
+ public:
+  virtual ~RoutedExpertsHook() = default;
+  // As Backend::moe_experts, with the experts held here; on a rank with no tokens x, topk_ids,
+  // topk_weights and out are undefined.
+  virtual void moe_experts(int layer, const Tensor& x, const Tensor& topk_ids,
+                           const Tensor& topk_weights, const ExpertWeights& experts,
+                           Tensor& out) = 0;
+};
+
 class DeepseekV3 {
  public:
   DeepseekV3(ModelConfig config, ModelWeights weights, Backend& backend);
@@ -21,13 +33,19 @@ class DeepseekV3 {
   // memory, valid until the next call.
   Tensor forward(const StepInput& in, KvCache& cache);
 
+  // Expert parallelism: routed experts run through `hook` (null, the default: all are here).
+  void set_routed_experts_hook(RoutedExpertsHook* hook) { experts_hook_ = hook; }
+  // A step of a rank with no tokens while other ranks have some: it still takes part in every
+  // MoE layer's exchange, serving its experts to the others.
+  void idle_step();
+
   const ModelConfig& config() const { return config_; }
   Backend& backend() { return backend_; }
 
  private:
   Tensor attention(int layer, const Tensor& h, const StepInput& in, KvCache& cache);
   Tensor mlp(const MlpWeights& w, const Tensor& h);
-  Tensor moe(const MoeWeights& w, const Tensor& h);
+  Tensor moe(int layer, const MoeWeights& w, const Tensor& h);
 
   ModelConfig config_;
   ModelWeights weights_;
@@ -35,6 +53,7 @@ class DeepseekV3 {
   RopeTable rope_;
   MlaParams mla_;
   GateParams gate_;
+  RoutedExpertsHook* experts_hook_ = nullptr;
 };
 
 }  // namespace trident

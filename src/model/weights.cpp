@@ -1,6 +1,10 @@
 #include "model/weights.h"
 
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <cstdio>
+#include <set>
 
 #include "core/error.h"
 
@@ -45,10 +49,38 @@ class Loader {
     return lw;
   }
 
-  Backend& backend() { return backend_; }
+  // Checkpoint tensors no layer asked for: the multi-token-prediction layers (which Trident does
+  // not run), other ranks' experts, or names it does not know, which are reported.
+  void report_unused(const ModelConfig& c) const {
+    int mtp = 0, other_experts = 0;
+    std::vector<std::string> unknown;
+    for (const std::string& name : ckpt_.names()) {
+      if (used_.count(name)) continue;
+      if (is_mtp(name, c))
+        ++mtp;
+      else if (options_.holds_expert && name.find(".mlp.experts.") != std::string::npos)
+        ++other_experts;
+      else
+        unknown.push_back(name);
+    }
+    if (mtp)
+      spdlog::info("skipping {} tensors of the multi-token-prediction layer(s) from layer {}", mtp,
+                   c.num_hidden_layers);
+    if (!unknown.empty())
+      spdlog::warn("{} checkpoint tensors are not used by the model, e.g. {}", unknown.size(),
+                   unknown.front());
+  }
+
+  static bool is_mtp(const std::string& name, const ModelConfig& c) {
+    int layer = -1;
+    return std::sscanf(name.c_str(), "model.layers.%d.", &layer) == 1 &&
+           layer >= c.num_hidden_layers &&
+           layer < c.num_hidden_layers + std::max(c.num_nextn_predict_layers, 1);
+  }
 
  private:
   Tensor finish(const std::string& name, const Tensor& host) {
+    used_.insert(name);
     done_ += host.nbytes();
     if (options_.progress) options_.progress(done_, total_);
     return backend_.upload(host);
@@ -58,6 +90,7 @@ class Loader {
   Backend& backend_;
   const LoadOptions& options_;
   uint64_t done_ = 0, total_ = 0;
+  std::set<std::string> used_;
 };
 
 MlpWeights load_mlp(Loader& ld, const std::string& prefix, int64_t hidden, int64_t inter) {
@@ -171,6 +204,7 @@ ModelWeights load_weights(const Checkpoint& ckpt, const ModelConfig& c, Backend&
     }
     m.layers.push_back(std::move(L));
   }
+  ld.report_unused(c);
   return m;
 }
 

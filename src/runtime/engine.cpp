@@ -37,7 +37,17 @@ Engine::Engine(const EngineOptions& options)
     : backend_(make_backend(options.device)), checkpoint_(Checkpoint::open(options.model_dir)) {
   ModelConfig config = ModelConfig::from_file(options.model_dir / "config.json");
   auto t0 = std::chrono::steady_clock::now();
-  ModelWeights weights = load_weights(checkpoint_, config, *backend_, progress_options(options.show_progress));
+  LoadOptions load = progress_options(options.show_progress);
+  if (options.ranks) {
+    ep_ = std::make_unique<ExpertParallel>(
+        *options.ranks, *backend_, config,
+        contiguous_placements(config, options.ranks->size(), options.redundant_experts),
+        options.expert_parallel);
+    load.holds_expert = [ep = ep_.get()](int layer, int expert) {
+      return ep->holds_expert(layer, expert);
+    };
+  }
+  ModelWeights weights = load_weights(checkpoint_, config, *backend_, load);
   if (options.show_progress)
     spdlog::info("loaded {} in {:.2f} s", options.model_dir.string(),
                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
@@ -49,6 +59,8 @@ Engine::Engine(const EngineOptions& options)
   int pages = options.kv_pages > 0 ? options.kv_pages
                                    : pages_for_tokens(max_context_, AttentionMeta::kPageSize);
   model_ = std::make_unique<DeepseekV3>(std::move(config), std::move(weights), *backend_);
+  model_->set_routed_experts_hook(ep_.get());
+  if (ep_) ep_->wait_for_ranks_loaded();
   cache_ = make_kv_cache(*backend_, model_->config(), pages);
   pool_ = std::make_unique<KvPagePool>(pages);
 }
@@ -73,7 +85,16 @@ GenerateResult Engine::generate(const std::vector<int32_t>& prompt, const Genera
     ~PageGuard() { pool.release(pages); }
   } guard{*pool_, pages};
 
-  while (int(result.tokens.size()) < options.max_new_tokens && int(tokens.size()) < max_context_) {
+  bool finished = false;
+  for (;;) {
+    finished = finished || int(result.tokens.size()) >= options.max_new_tokens ||
+               int(tokens.size()) >= max_context_;
+    if (ep_) {
+      if (!begin_ranked_step(finished ? 0 : int(tokens.size()) - cached, !finished)) break;
+    } else if (finished) {
+      break;
+    }
+    if (finished) continue;
     int need = pages_for_tokens(tokens.size(), AttentionMeta::kPageSize) - int(pages.size());
     TRI_CHECK(pool_->allocate(need, pages), "KV cache full: {} pages needed, {} free", need,
               pool_->free_pages());
@@ -87,16 +108,25 @@ GenerateResult Engine::generate(const std::vector<int32_t>& prompt, const Genera
     result.tokens.push_back(next);
     tokens.push_back(next);
     bool eos = std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), next) != c.eos_token_ids.end();
-    if (on_token && !on_token(next)) {
+    if ((on_token && !on_token(next)) || (eos && options.stop_at_eos)) {
       result.finish_reason = "stop";
-      break;
-    }
-    if (eos && options.stop_at_eos) {
-      result.finish_reason = "stop";
-      break;
+      finished = true;
     }
   }
   return result;
+}
+
+void Engine::follow_other_ranks() {
+  TRI_CHECK(ep_ != nullptr, "follow_other_ranks: this engine runs alone (no --ep ranks)");
+  while (begin_ranked_step(0, false)) {
+  }
+}
+
+bool Engine::begin_ranked_step(int tokens, bool has_work) {
+  StepPlan plan = ep_->begin_step(tokens, has_work);
+  if (plan.stop) return false;
+  if (tokens == 0 && plan.total_tokens > 0) model_->idle_step();
+  return true;
 }
 
 }  // namespace trident

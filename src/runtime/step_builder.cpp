@@ -21,7 +21,7 @@ StepInput build_step(const std::vector<StepChunk>& chunks) {
     T += c.count;
     max_pages = std::max(max_pages, need);
     max_kv = std::max(max_kv, c.start + c.count);
-    L += c.want_logits;
+    L += c.all_logits ? c.count : c.want_logits;
   }
   StepInput in;
   AttentionMeta& m = in.meta;
@@ -51,8 +51,9 @@ StepInput build_step(const std::vector<StepChunk>& chunks) {
       m.positions.ptr<int32_t>()[t] = pos;
       m.token_seq.ptr<int32_t>()[t] = s;
       m.slot.ptr<int32_t>()[t] = (*c.pages)[pos / P] * P + pos % P;
+      if (c.all_logits) in.logit_rows.ptr<int32_t>()[l++] = t;
     }
-    if (c.want_logits) in.logit_rows.ptr<int32_t>()[l++] = t - 1;
+    if (c.want_logits && !c.all_logits) in.logit_rows.ptr<int32_t>()[l++] = t - 1;
   }
   m.seq_start.ptr<int32_t>()[S] = t;
   return in;

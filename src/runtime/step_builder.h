@@ -16,6 +16,7 @@ struct StepChunk {
   int count = 0;                       // tokens in the chunk
   const std::vector<int32_t>* pages;   // the sequence's pages, enough for start + count tokens
   bool want_logits = true;             // logits for the chunk's last token
+  bool all_logits = false;             // logits for every token of the chunk (scoring a text)
 };
 
 // Host tensors describing the step; `upload` moves them to the backend.

@@ -1,0 +1,337 @@
+#!/usr/bin/env python3
+"""Kernel benchmark: Trident's CUDA kernels (through trident_kernel_bench, the library's own
+launcher) against their peers and ceilings, all measured in one run on one GPU:
+
+  FP8 block-scaled GEMM   vs torch._scaled_mm with 1x128 / 128x128 scales (cuBLAS), and
+                          cuBLAS BF16 (torch.mm) on the same shape
+  BF16 GEMM               vs cuBLAS BF16
+  act_quant, RMSNorm      vs torch eager, and the copy-bandwidth floor
+
+Ceilings measured here: device-to-device copy bandwidth (bytes read + written) and the BF16
+matrix rate (8192^3). The floor of a case is max(bytes / copy bandwidth, FLOPs / peak), with the
+datasheet dense peak for FP8 (1979 TFLOPS) and the measured one for BF16.
+
+--sweep also times every compiled GEMM tile per M bucket and writes the best as a tuned table,
+<out>/tuned_sm<arch>.json, in the format of kernels/tuned/sm<arch>.json. Results are printed
+and appended to --results.
+"""
+import argparse
+import datetime
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+FP8_PEAK_TFLOPS = 1979.0  # H100/H200 SXM dense FP8, datasheet
+ROTATE_BYTES = 512 << 20
+MAX_COPIES = 16
+
+# DeepSeek-V3's linear layers (N, K).
+DEEPSEEK_SHAPES = [
+    ("q_a", 1536, 7168),
+    ("q_b", 24576, 1536),
+    ("kv_a", 576, 7168),
+    ("o_proj", 7168, 16384),
+    ("dense up", 18432, 7168),
+    ("dense down", 7168, 18432),
+    ("expert gate+up", 4096, 7168),
+    ("expert down", 7168, 2048),
+]
+BENCH_M = [16, 64, 128, 256, 2048, 8192]
+SWEEP_M = [16, 32, 64, 128, 256, 512, 1024, 2048, 4096]
+SWEEP_SHAPES = [(7168, 2048), (24576, 1536), (4096, 7168), (1536, 7168)]
+
+
+def time_cuda(fn, copies):
+    """Median and min microseconds of fn(copy) over per-launch CUDA events, after warm-up."""
+    for i in range(3):
+        fn(i % copies)
+    torch.cuda.synchronize()
+    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn(0)
+    stop.record()
+    stop.synchronize()
+    iters = max(10, min(300, int(30.0 / max(start.elapsed_time(stop), 1e-3))))
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+              for _ in range(iters)]
+    for i, (a, b) in enumerate(events):
+        a.record()
+        fn(i % copies)
+        b.record()
+    torch.cuda.synchronize()
+    us = sorted(a.elapsed_time(b) * 1e3 for a, b in events)
+    return statistics.median(us), us[0]
+
+
+def copies_for(nbytes):
+    return max(1, min(MAX_COPIES, ROTATE_BYTES // max(nbytes, 1)))
+
+
+def measure_ceilings():
+    n = 1 << 30  # 1 GiB each way
+    src = torch.randint(0, 255, (n, ), dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    copy_us, _ = time_cuda(lambda _: dst.copy_(src), 1)
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    mm_us, _ = time_cuda(lambda _: torch.mm(a, b), 1)
+    return {"copy_gbps": 2 * n / copy_us * 1e-3, "bf16_tflops": 2 * 8192**3 / mm_us * 1e-6}
+
+
+def run_trident(binary, cases):
+    """Runs trident_kernel_bench on the case lines; returns its JSON records."""
+    proc = subprocess.run([binary], input="\n".join(cases) + "\n", capture_output=True, text=True)
+    print(proc.stderr.strip(), flush=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{binary} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+
+def peer_scaled_mm(M, N, K):
+    """torch._scaled_mm, DeepSeek block scales: a 1x128 (outer-dim-major), b 128x128."""
+    kb, nb = K // 128, (N + 127) // 128
+    copies = copies_for(M * K + N * K)
+    a = [torch.randn(M, K, device="cuda").to(torch.float8_e4m3fn) for _ in range(copies)]
+    b = [torch.randn(N, K, device="cuda").to(torch.float8_e4m3fn) for _ in range(copies)]
+    sa = [torch.rand(kb, M, device="cuda").add_(0.5).div_(448).t() for _ in range(copies)]
+    sb = [torch.rand(nb, kb, device="cuda").add_(0.5).div_(448) for _ in range(copies)]
+    fn = lambda c: torch._scaled_mm(a[c], b[c].t(), sa[c], sb[c].t(), out_dtype=torch.bfloat16)
+    return time_cuda(fn, copies)
+
+
+def peer_bf16_mm(M, N, K):
+    copies = copies_for(2 * (M * K + N * K))
+    a = [torch.randn(M, K, device="cuda", dtype=torch.bfloat16) for _ in range(copies)]
+    b = [torch.randn(N, K, device="cuda", dtype=torch.bfloat16) for _ in range(copies)]
+    return time_cuda(lambda c: torch.mm(a[c], b[c].t()), copies)
+
+
+def peer_act_quant(M, K):
+    copies = copies_for(3 * M * K)
+    xs = [torch.randn(M, K, device="cuda", dtype=torch.bfloat16) for _ in range(copies)]
+
+    def quant(c):
+        x = xs[c].float().view(M, K // 128, 128)
+        s = x.abs().amax(-1, keepdim=True).clamp_min(1e-10) / 448.0
+        return (x / s).to(torch.float8_e4m3fn), s
+
+    return time_cuda(quant, copies)
+
+
+def peer_rms_norm(M, N, residual):
+    copies = copies_for(M * N * (8 if residual else 4))
+    xs = [torch.randn(M, N, device="cuda", dtype=torch.bfloat16) for _ in range(copies)]
+    rs = [torch.randn(M, N, device="cuda", dtype=torch.bfloat16) for _ in range(copies)]
+    w = torch.randn(N, device="cuda", dtype=torch.bfloat16)
+
+    def norm(c):
+        v = xs[c]
+        if residual:
+            rs[c].add_(v)
+            v = rs[c]
+        return torch.nn.functional.rms_norm(v, (N, ), w, 1e-6)
+
+    return time_cuda(norm, copies)
+
+
+def guarded(fn, *args):
+    try:
+        return fn(*args)
+    except Exception as e:  # a peer that cannot run this shape is reported, not fatal
+        print(f"peer {fn.__name__}{args} failed: {str(e).splitlines()[0]}", file=sys.stderr)
+        return None
+
+
+def gemm_floor_us(M, N, K, bytes_per_elem, peak_tflops, ceil):
+    nbytes = (M * K + N * K) * bytes_per_elem + M * N * 2
+    return max(nbytes / (ceil["copy_gbps"] * 1e3), 2 * M * N * K / (peak_tflops * 1e6))
+
+
+def fmt_us(t):
+    return "n/a" if t is None else f"{t:.1f}"
+
+
+def tflops(M, N, K, us):
+    return "n/a" if us is None else f"{2 * M * N * K / us * 1e-6:.0f}"
+
+
+def ratio(a, b):
+    return "n/a" if a is None or b is None else f"{b / a:.2f}"
+
+
+def gemm_tables(records, ceil, peers):
+    """Our default choice per shape (sweep records excluded) against the peers; the peers'
+    times go into `peers` for the JSON record."""
+    ours = {(r["op"], r["M"], r["N"], r["K"]): r for r in records
+            if r["op"].endswith("gemm") and not r.get("sweep")}
+    lines = [
+        "| layer | M | N | K | floor µs | ours FP8 µs | TFLOPS | % of floor | tile, split | "
+        "scaled_mm µs | ours vs scaled_mm | cuBLAS BF16 µs | ours BF16 µs | "
+        "ours BF16 vs cuBLAS |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, N, K in DEEPSEEK_SHAPES:
+        for M in BENCH_M:
+            r, rb = ours.get(("fp8_gemm", M, N, K)), ours.get(("bf16_gemm", M, N, K))
+            if r is None:
+                continue
+            floor = gemm_floor_us(M, N, K, 1, FP8_PEAK_TFLOPS, ceil)
+            sm = guarded(peer_scaled_mm, M, N, K)
+            bf = guarded(peer_bf16_mm, M, N, K)
+            sm_us, bf_us = sm and sm[0], bf and bf[0]
+            peers.append({"M": M, "N": N, "K": K, "scaled_mm_us": sm_us, "cublas_bf16_us": bf_us,
+                          "fp8_floor_us": floor})
+            ob_us = rb["us"] if rb else None
+            lines.append(
+                f"| {name} | {M} | {N} | {K} | {floor:.1f} | {r['us']:.1f} | "
+                f"{tflops(M, N, K, r['us'])} | {100 * floor / r['us']:.0f}% | "
+                f"{r['tile']}, {r['split']} | {fmt_us(sm_us)} | {ratio(r['us'], sm_us)} | "
+                f"{fmt_us(bf_us)} | {fmt_us(ob_us)} | {ratio(ob_us, bf_us)} |")
+            print(lines[-1], flush=True)
+    return lines
+
+
+def memory_tables(records, ceil, peers):
+    lines = ["| op | M | N or K | bytes | floor µs | ours µs | GB/s | % of floor | "
+             "torch eager µs |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        if r["op"] not in ("act_quant", "rms_norm", "add_rms_norm"):
+            continue
+        width = r.get("K", r.get("N"))
+        floor = r["bytes"] / (ceil["copy_gbps"] * 1e3)
+        if r["op"] == "act_quant":
+            peer = guarded(peer_act_quant, r["M"], width)
+        else:
+            peer = guarded(peer_rms_norm, r["M"], width, r["op"] == "add_rms_norm")
+        peers.append({"op": r["op"], "M": r["M"], "width": width,
+                      "torch_eager_us": peer and peer[0], "floor_us": floor})
+        lines.append(f"| {r['op']} | {r['M']} | {width} | {r['bytes']:.0f} | {floor:.1f} | "
+                     f"{r['us']:.1f} | {r['gbps']:.0f} | {100 * floor / r['us']:.0f}% | "
+                     f"{fmt_us(peer and peer[0])} |")
+        print(lines[-1], flush=True)
+    return lines
+
+
+def sweep_table(records, kernel):
+    """Best tile per M bucket by the geometric mean of TFLOPS over the sweep shapes."""
+    by_m = {}
+    for r in records:
+        if r["op"] == kernel and r.get("sweep"):
+            by_m.setdefault(r["M"], {}).setdefault(r["tile"], []).append(r["tflops"])
+    buckets, lines = [], [f"| {kernel} M | best tile | geo-mean TFLOPS | runner-up |",
+                          "|---|---|---|---|"]
+    for M in sorted(by_m):
+        scores = sorted(((math.exp(sum(math.log(max(t, 1e-3)) for t in v) / len(v)), tile)
+                         for tile, v in by_m[M].items() if len(v) == len(SWEEP_SHAPES)),
+                        reverse=True)
+        if not scores:
+            continue
+        best = scores[0]
+        second = scores[1] if len(scores) > 1 else (0, "-")
+        lines.append(f"| {M} | {best[1]} | {best[0]:.0f} | {second[1]} ({second[0]:.0f}) |")
+        if buckets and buckets[-1]["variant"] == best[1]:
+            buckets[-1]["max_m"] = M
+        else:
+            buckets.append({"max_m": M, "variant": best[1]})
+    if buckets:
+        buckets[-1]["max_m"] = None
+    return lines, buckets
+
+
+def tuned_table_json(tuned, gpu, date):
+    """kernels/tuned/sm<arch>.json, one bucket a line."""
+    comment = ("GEMM tile per M bucket: the first bucket with M <= max_m wins (max_m null: any "
+               "M). Names are variants without their _bf16/_fp32 output suffix. Chosen by "
+               f"bench/bench_kernels.py --sweep on {gpu}, {date}; see bench/RESULTS.md.")
+    out = ["{", f'  "_comment": {json.dumps(comment)},']
+    for i, (kernel, buckets) in enumerate(tuned.items()):
+        out.append(f'  "{kernel}": [')
+        out += [f"    {json.dumps(b)}{',' if j < len(buckets) - 1 else ''}"
+                for j, b in enumerate(buckets)]
+        out.append("  ]" + ("," if i < len(tuned) - 1 else ""))
+    return "\n".join(out + ["}"]) + "\n"
+
+
+def commit_label():
+    if os.environ.get("TRIDENT_COMMIT"):
+        return os.environ["TRIDENT_COMMIT"]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True,
+                               text=True).stdout.strip()
+        return head + (" + uncommitted" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bench-binary", required=True)
+    parser.add_argument("--out", type=Path, required=True, help="folder for logs and tables")
+    parser.add_argument("--results", type=Path, help="markdown file to append the tables to")
+    parser.add_argument("--sweep", action="store_true", help="also time every GEMM tile")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+
+    gpu = torch.cuda.get_device_name(0)
+    arch = "".join(map(str, torch.cuda.get_device_capability(0)))
+    date = datetime.date.today().isoformat()
+    ceil = measure_ceilings()
+    print(f"{gpu}: copy {ceil['copy_gbps']:.0f} GB/s, bf16 mm {ceil['bf16_tflops']:.0f} TFLOPS",
+          flush=True)
+
+    cases = [f"{op} {M} {N} {K}" for op in ("fp8_gemm", "bf16_gemm")
+             for _, N, K in DEEPSEEK_SHAPES for M in BENCH_M]
+    cases += [f"act_quant {M} {K}" for M in (16, 2048, 8192) for K in (7168, 2048)]
+    cases += [f"rms_norm {M} 7168 {res}" for M in (16, 2048, 8192) for res in (0, 1)]
+    # Each case above prints one record; a sweep case prints one per tile.
+    n_single = len(cases)
+    if args.sweep:
+        cases += [f"{op} {M} {N} {K} all" for op in ("fp8_gemm", "bf16_gemm")
+                  for N, K in SWEEP_SHAPES for M in SWEEP_M]
+    records = run_trident(args.bench_binary, cases)
+    for r in records[n_single:]:
+        r["sweep"] = True
+
+    report = [f"## Kernels on {gpu}, {date}, commit {commit_label()}", "",
+              f"Ceilings measured in this run: device-to-device copy {ceil['copy_gbps']:.0f} GB/s "
+              f"(read + written), cuBLAS BF16 8192³ {ceil['bf16_tflops']:.0f} TFLOPS; FP8 peak "
+              f"{FP8_PEAK_TFLOPS:.0f} TFLOPS (datasheet). Floor = max(bytes / copy bandwidth, "
+              "FLOPs / peak). Times are medians of per-launch CUDA events over inputs rotated "
+              "past the L2; ours through the library's launcher (trident_kernel_bench), peers "
+              "through torch 2.11 in the same run. 'vs' columns: peer time / our time "
+              "(> 1: ours faster). FP8 GEMM times exclude activation quantization (act_quant "
+              "below).", ""]
+    report += ["### FP8 block-scaled GEMM (and BF16 GEMM) at DeepSeek-V3 shapes", ""]
+    peers = []
+    report += gemm_tables(records, ceil, peers) + [""]
+    report += ["### Memory-bound kernels", ""]
+    report += memory_tables(records, ceil, peers) + [""]
+    (args.out / "kernel_bench.json").write_text(
+        json.dumps({"gpu": gpu, "ceilings": ceil, "ours": records, "peers": peers}, indent=1))
+    if args.sweep:
+        tuned = {}
+        for kernel in ("fp8_gemm", "bf16_gemm"):
+            lines, tuned[kernel] = sweep_table([r for r in records if r.get("sweep")], kernel)
+            report += [f"### Tile sweep, {kernel} (shapes N×K: "
+                       f"{', '.join(f'{n}×{k}' for n, k in SWEEP_SHAPES)})", ""] + lines + [""]
+            print("\n".join(lines), flush=True)
+        (args.out / f"tuned_sm{arch}.json").write_text(tuned_table_json(tuned, gpu, date))
+    text = "\n".join(report) + "\n"
+    (args.out / "RESULTS_section.md").write_text(text)
+    if args.results:
+        with open(args.results, "a") as f:
+            f.write("\n" + text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

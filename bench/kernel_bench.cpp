@@ -1,0 +1,261 @@
+// Times Trident's CUDA kernels through the library's own launcher, one case per input line, and
+// prints one JSON object per timing. Driven by bench/bench_kernels.py, which times the peers
+// (torch's block-scaled scaled_mm, cuBLAS bf16) in the same run.
+//
+//   trident_kernel_bench < cases      each line one of:
+//     fp8_gemm  M N K [tile|auto|all] [split]   (pre-quantized activations, bf16 out)
+//     bf16_gemm M N K [tile|auto|all] [split]
+//     act_quant M K
+//     rms_norm  M N residual(0|1)
+//
+// Inputs are random (never zeros), rotated over enough copies to exceed the L2 cache, and each
+// case reports the median of per-launch CUDA-event times after warm-up.
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/cuda_driver.h"
+#include "backend/cuda/device_context.h"
+#include "core/error.h"
+
+using namespace trident;
+using namespace trident::cuda;
+
+namespace {
+
+constexpr size_t kRotateBytes = size_t(512) << 20;  // several times H200's 60 MB L2
+constexpr int kMaxCopies = 16;
+constexpr double kMinSeconds = 0.03;
+
+uint64_t g_state = 0x9e3779b97f4a7c15ull;
+uint64_t next_random() {
+  g_state ^= g_state << 13;
+  g_state ^= g_state >> 7;
+  g_state ^= g_state << 17;
+  return g_state;
+}
+
+// Host tensor of random values: bf16 in [-1, 1), e4m3 codes without NaN, f32 scales in
+// [0.5, 1) / 448.
+Tensor random_host(DType dtype, std::initializer_list<int64_t> shape) {
+  Tensor t = cpu_tensor(dtype, shape);
+  const int64_t n = t.numel();
+  if (dtype == DType::BF16) {
+    auto* p = t.ptr<uint16_t>();
+    for (int64_t i = 0; i < n; ++i)
+      p[i] = f32_to_bf16(float(int64_t(next_random() % 2000001) - 1000000) * 1e-6f);
+  } else if (dtype == DType::F8E4M3) {
+    auto* p = t.ptr<uint8_t>();
+    for (int64_t i = 0; i < n; ++i) {
+      uint8_t b = uint8_t(next_random());
+      p[i] = (b & 0x7f) == 0x7f ? uint8_t(b ^ 1) : b;
+    }
+  } else if (dtype == DType::F32) {
+    auto* p = t.ptr<float>();
+    for (int64_t i = 0; i < n; ++i)
+      p[i] = (0.5f + float(next_random() % 1000) / 2000.0f) / kFp8E4M3Max;
+  }
+  return t;
+}
+
+struct Timing {
+  double median_us, min_us;
+};
+
+// Runs fn(copy) over the copies in turn: warm-up, then one event pair per launch.
+template <class Fn>
+Timing time_launches(CudaBackend& backend, int copies, Fn fn) {
+  const DriverApi& api = cu();
+  CUstream stream = backend.context().stream();
+  for (int i = 0; i < 3; ++i) fn(i % copies);
+  backend.synchronize();
+  CUevent start{}, stop{};
+  check(api.cuEventCreate(&start, CU_EVENT_DEFAULT), "creating an event");
+  check(api.cuEventCreate(&stop, CU_EVENT_DEFAULT), "creating an event");
+  check(api.cuEventRecord(start, stream), "recording an event");
+  fn(0);
+  check(api.cuEventRecord(stop, stream), "recording an event");
+  check(api.cuEventSynchronize(stop), "waiting for an event");
+  float first_ms = 0;
+  check(api.cuEventElapsedTime(&first_ms, start, stop), "reading an event");
+  const int iters = std::clamp(int(kMinSeconds * 1e3 / std::max(first_ms, 1e-3f)), 10, 300);
+  std::vector<CUevent> events(2 * iters);
+  for (auto& e : events) check(api.cuEventCreate(&e, CU_EVENT_DEFAULT), "creating an event");
+  for (int i = 0; i < iters; ++i) {
+    check(api.cuEventRecord(events[2 * i], stream), "recording an event");
+    fn(i % copies);
+    check(api.cuEventRecord(events[2 * i + 1], stream), "recording an event");
+  }
+  backend.synchronize();
+  std::vector<double> us(iters);
+  for (int i = 0; i < iters; ++i) {
+    float ms = 0;
+    check(api.cuEventElapsedTime(&ms, events[2 * i], events[2 * i + 1]), "reading an event");
+    us[i] = ms * 1e3;
+  }
+  for (auto& e : events) api.cuEventDestroy(e);
+  api.cuEventDestroy(start);
+  api.cuEventDestroy(stop);
+  std::sort(us.begin(), us.end());
+  return {us[iters / 2], us[0]};
+}
+
+int copies_for(size_t bytes_per_copy) {
+  return int(std::clamp<size_t>(kRotateBytes / std::max<size_t>(bytes_per_copy, 1), 1, kMaxCopies));
+}
+
+// Aligned tiles of a GEMM kernel (bf16-output variants), for sweeps.
+std::vector<std::string> all_tiles(const std::string& kernel, int arch) {
+  std::vector<std::string> tiles;
+  for (const KernelVariant& v : compiled_kernel_variants()) {
+    std::string name = v.name;
+    if (v.arch == arch && kernel == v.kernel && v.tag("EVEN_K") == 1 && name.ends_with("_bf16"))
+      tiles.push_back(name.substr(0, name.size() - 5));
+  }
+  return tiles;
+}
+
+void bench_gemm(CudaBackend& backend, const std::string& op, int64_t M, int64_t N, int64_t K,
+                const std::string& tile_arg, int split) {
+  const bool fp8 = op == "fp8_gemm";
+  const int64_t kb = (K + 127) / 128, nb = (N + 127) / 128;
+  const size_t weight_bytes = size_t(N * K) * (fp8 ? 1 : 2);
+  const size_t act_bytes = size_t(M * K) * (fp8 ? 1 : 2);
+  const int copies = copies_for(weight_bytes + act_bytes);
+  // One random draw, uploaded to every copy: the copies differ in address, which is what
+  // defeats the cache.
+  const DType in_dtype = fp8 ? DType::F8E4M3 : DType::BF16;
+  const Tensor a_host = random_host(in_dtype, {M, K}), w_host = random_host(in_dtype, {N, K});
+  const Tensor a_scale_host = random_host(DType::F32, {M, kb});
+  const Tensor w_scale_host = random_host(DType::F32, {nb, kb});
+  std::vector<Tensor> a, a_scale, w, w_scale, out;
+  for (int c = 0; c < copies; ++c) {
+    a.push_back(backend.upload(a_host));
+    w.push_back(backend.upload(w_host));
+    if (fp8) {
+      a_scale.push_back(backend.upload(a_scale_host));
+      w_scale.push_back(backend.upload(w_scale_host));
+    }
+    out.push_back(backend.alloc(DType::BF16, {M, N}));
+  }
+  std::vector<std::string> tiles;
+  if (tile_arg == "all")
+    tiles = all_tiles(op, backend.context().arch());
+  else
+    tiles.push_back(tile_arg == "auto" ? "" : tile_arg);
+  for (const std::string& tile : tiles) {
+    if (tile.empty() && split == 0)
+      backend.set_gemm_override(std::nullopt);
+    else
+      backend.set_gemm_override(GemmChoice{tile, split});
+    auto run = [&](int c) {
+      if (fp8) {
+        backend.fp8_gemm(a[c], a_scale[c], LinearWeight{w[c], w_scale[c]}, out[c]);
+      } else {
+        backend.linear(a[c], LinearWeight{w[c], {}}, out[c]);
+      }
+    };
+    const Timing t = time_launches(backend, copies, run);
+    const GemmChoice used = backend.last_gemm();
+    const double flops = 2.0 * double(M) * double(N) * double(K);
+    const double bytes = double(weight_bytes + act_bytes) + double(M * N) * 2 +
+                         (fp8 ? double(M * kb + nb * kb) * 4 : 0);
+    std::printf(
+        "{\"op\": \"%s\", \"M\": %ld, \"N\": %ld, \"K\": %ld, \"tile\": \"%s\", \"split\": %d, "
+        "\"us\": %.3f, \"us_min\": %.3f, \"tflops\": %.1f, \"gbps\": %.1f, \"copies\": %d}\n",
+        op.c_str(), long(M), long(N), long(K), used.tile.c_str(), used.split_k, t.median_us,
+        t.min_us, flops / t.median_us * 1e-6, bytes / t.median_us * 1e-3, copies);
+    std::fflush(stdout);
+  }
+  backend.set_gemm_override(std::nullopt);
+}
+
+void bench_act_quant(CudaBackend& backend, int64_t M, int64_t K) {
+  const int64_t kb = (K + 127) / 128;
+  const int copies = copies_for(size_t(M * K) * 3);
+  std::vector<Tensor> x, q, s;
+  const Tensor x_host = random_host(DType::BF16, {M, K});
+  for (int c = 0; c < copies; ++c) {
+    x.push_back(backend.upload(x_host));
+    q.push_back(backend.alloc(DType::F8E4M3, {M, K}));
+    s.push_back(backend.alloc(DType::F32, {M, kb}));
+  }
+  const Timing t =
+      time_launches(backend, copies, [&](int c) { backend.quantize_fp8(x[c], q[c], s[c]); });
+  const double bytes = double(M * K) * 3 + double(M * kb) * 4;
+  std::printf(
+      "{\"op\": \"act_quant\", \"M\": %ld, \"K\": %ld, \"us\": %.3f, \"us_min\": %.3f, "
+      "\"gbps\": %.1f, \"bytes\": %.0f, \"copies\": %d}\n",
+      long(M), long(K), t.median_us, t.min_us, bytes / t.median_us * 1e-3, bytes, copies);
+  std::fflush(stdout);
+}
+
+void bench_rms_norm(CudaBackend& backend, int64_t M, int64_t N, bool residual) {
+  const int copies = copies_for(size_t(M * N) * (residual ? 8 : 4));
+  std::vector<Tensor> x, r, out;
+  Tensor w = backend.upload(random_host(DType::BF16, {N}));
+  const Tensor x_host = random_host(DType::BF16, {M, N}), r_host = random_host(DType::BF16, {M, N});
+  for (int c = 0; c < copies; ++c) {
+    x.push_back(backend.upload(x_host));
+    r.push_back(backend.upload(r_host));
+    out.push_back(backend.alloc(DType::BF16, {M, N}));
+  }
+  const Timing t = time_launches(backend, copies, [&](int c) {
+    if (residual)
+      backend.add_rms_norm(x[c], r[c], w, 1e-6f, out[c]);
+    else
+      backend.rms_norm(x[c], w, 1e-6f, out[c]);
+  });
+  // Read x (and the residual), write out (and the residual).
+  const double bytes = double(M * N) * 2 * (residual ? 4 : 2);
+  std::printf(
+      "{\"op\": \"%s\", \"M\": %ld, \"N\": %ld, \"us\": %.3f, \"us_min\": %.3f, "
+      "\"gbps\": %.1f, \"bytes\": %.0f, \"copies\": %d}\n",
+      residual ? "add_rms_norm" : "rms_norm", long(M), long(N), t.median_us, t.min_us,
+      bytes / t.median_us * 1e-3, bytes, copies);
+  std::fflush(stdout);
+}
+
+}  // namespace
+
+int main() {
+  try {
+    CudaBackend backend(0);
+    std::fprintf(stderr, "device: %s (sm_%d, %d SMs)\n", backend.context().name().c_str(),
+                 backend.context().arch(), backend.context().sm_count());
+    std::string line;
+    while (std::getline(std::cin, line)) {
+      std::istringstream in(line);
+      std::string op;
+      if (!(in >> op) || op[0] == '#') continue;
+      if (op == "fp8_gemm" || op == "bf16_gemm") {
+        int64_t M = 0, N = 0, K = 0;
+        std::string tile = "auto";
+        int split = 0;
+        in >> M >> N >> K;
+        in >> tile >> split;
+        bench_gemm(backend, op, M, N, K, tile, split);
+      } else if (op == "act_quant") {
+        int64_t M = 0, K = 0;
+        in >> M >> K;
+        bench_act_quant(backend, M, K);
+      } else if (op == "rms_norm") {
+        int64_t M = 0, N = 0;
+        int residual = 0;
+        in >> M >> N >> residual;
+        bench_rms_norm(backend, M, N, residual != 0);
+      } else {
+        fail("unknown benchmark case '{}'", line);
+      }
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "trident_kernel_bench: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

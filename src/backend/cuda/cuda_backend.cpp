@@ -1,0 +1,143 @@
+#include "backend/cuda/cuda_backend.h"
+
+#include <cstring>
+
+#include "backend/cuda/cuda_driver.h"
+#include "backend/cuda/device_context.h"
+#include "core/error.h"
+
+namespace trident::cuda {
+
+namespace {
+[[noreturn]] void not_implemented(const char* op) { fail("not implemented on CUDA yet: {}", op); }
+}  // namespace
+
+CudaBackend::CudaBackend(int device_ordinal)
+    : ops_{DeviceContext::get(device_ordinal), DeviceContext::get(device_ordinal).stream()} {}
+
+Tensor CudaBackend::alloc(DType dtype, std::initializer_list<int64_t> shape) {
+  ops_.device.make_current();
+  Tensor t = device_tensor(ops_.device, dtype, shape);
+  // Zeroed, as the CPU backend's tensors are.
+  check(cu().cuMemsetD8Async(device_ptr(t), 0, t.nbytes(), ops_.stream), "zeroing a new tensor");
+  return t;
+}
+
+Tensor CudaBackend::upload(const Tensor& host) {
+  if (host.device == Device::CUDA) {
+    TRI_CHECK(host.device_index == ops_.device.ordinal(),
+              "upload: tensor {} is on CUDA device {}, this backend runs on device {}",
+              host.shape_str(), host.device_index, ops_.device.ordinal());
+    return host;
+  }
+  ops_.device.make_current();
+  Tensor t = device_tensor(ops_.device, host.dtype, {host.numel()});
+  t.ndim = host.ndim;
+  t.shape = host.shape;
+  if (host.nbytes() > 0) {
+    check(cu().cuMemcpyHtoDAsync(device_ptr(t), host.data, host.nbytes(), ops_.stream),
+          fmt::format("uploading {} {} bytes to CUDA device {}", host.shape_str(), host.nbytes(),
+                      ops_.device.ordinal()));
+  }
+  return t;
+}
+
+void CudaBackend::to_host(const Tensor& src, void* dst) {
+  if (src.device == Device::CPU) {
+    std::memcpy(dst, src.data, src.nbytes());
+    return;
+  }
+  ops_.device.make_current();
+  if (src.nbytes() > 0) {
+    check(cu().cuMemcpyDtoHAsync(dst, device_ptr(src), src.nbytes(), ops_.stream),
+          fmt::format("copying {} ({} bytes) from CUDA device {}", src.shape_str(), src.nbytes(),
+                      ops_.device.ordinal()));
+  }
+  synchronize();
+}
+
+void CudaBackend::synchronize() {
+  ops_.device.make_current();
+  check(cu().cuStreamSynchronize(ops_.stream),
+        fmt::format("waiting for CUDA device {}", ops_.device.ordinal()));
+}
+
+void CudaBackend::rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& out) {
+  ops_.device.make_current();
+  cuda::rms_norm(ops_, x, nullptr, w, eps, out);
+}
+
+void CudaBackend::add_rms_norm(const Tensor& x, Tensor& residual, const Tensor& w, float eps,
+                               Tensor& out) {
+  ops_.device.make_current();
+  cuda::rms_norm(ops_, x, &residual, w, eps, out);
+}
+
+void CudaBackend::quantize_fp8(const Tensor& x, Tensor& q, Tensor& scales) {
+  ops_.device.make_current();
+  cuda::quantize_fp8(ops_, x, q, scales);
+}
+
+void CudaBackend::fp8_gemm(const Tensor& q, const Tensor& scales, const LinearWeight& w,
+                           Tensor& out) {
+  ops_.device.make_current();
+  TRI_CHECK(w.fp8(), "fp8_gemm: weight {} is {}, not FP8", w.weight.shape_str(),
+            dtype_name(w.weight.dtype));
+  last_gemm_ = cuda::fp8_gemm(ops_, q, scales, w.weight, w.scale_inv, out,
+                              gemm_override_ ? &*gemm_override_ : nullptr);
+}
+
+void CudaBackend::linear(const Tensor& x, const LinearWeight& w, Tensor& out) {
+  ops_.device.make_current();
+  expect_device_tensor(ops_, x, "linear", "x", {DType::BF16});
+  TRI_CHECK(x.row_size() == w.in_features(),
+            "linear: input rows have {} features, weight {} wants {}", x.row_size(),
+            w.weight.shape_str(), w.in_features());
+  const GemmChoice* forced = gemm_override_ ? &*gemm_override_ : nullptr;
+  if (w.fp8()) {
+    const int64_t T = x.dim(0), K = x.row_size();
+    const int64_t groups = (K + LinearWeight::kBlock - 1) / LinearWeight::kBlock;
+    Tensor q = device_tensor(ops_.device, DType::F8E4M3, {T, K});
+    Tensor scales = device_tensor(ops_.device, DType::F32, {T, groups});
+    cuda::quantize_fp8(ops_, x.reshape({T, K}), q, scales);
+    last_gemm_ = cuda::fp8_gemm(ops_, q, scales, w.weight, w.scale_inv, out, forced);
+    return;
+  }
+  if (w.weight.dtype == DType::BF16) {
+    last_gemm_ = cuda::bf16_gemm(ops_, x, w.weight, out, forced);
+    return;
+  }
+  fail(
+      "not implemented on CUDA yet: linear with a {} weight {} (BF16 and FP8 are supported; "
+      "convert the weight when loading)",
+      dtype_name(w.weight.dtype), w.weight.shape_str());
+}
+
+void CudaBackend::embedding(const Tensor&, const Tensor&, Tensor&) { not_implemented("embedding"); }
+void CudaBackend::silu_mul(const Tensor&, const Tensor&, Tensor&) { not_implemented("silu_mul"); }
+void CudaBackend::add(Tensor&, const Tensor&) { not_implemented("add"); }
+void CudaBackend::mla_rope_cache_write(Tensor&, const Tensor&, const MlaWeights&, const MlaParams&,
+                                       const RopeTable&, const AttentionMeta&, KvLayer&) {
+  not_implemented("mla_rope_cache_write");
+}
+void CudaBackend::mla_attention(const Tensor&, const MlaWeights&, const MlaParams&,
+                                const AttentionMeta&, const KvLayer&, Tensor&) {
+  not_implemented("mla_attention");
+}
+void CudaBackend::moe_gate(const Tensor&, const Tensor&, const GateParams&, Tensor&, Tensor&) {
+  not_implemented("moe_gate");
+}
+void CudaBackend::moe_experts(const Tensor&, const Tensor&, const Tensor&, const ExpertWeights&,
+                              Tensor&) {
+  not_implemented("moe_experts");
+}
+
+}  // namespace trident::cuda
+
+namespace trident {
+
+std::unique_ptr<Backend> make_cuda_backend(int device_ordinal) {
+  return std::make_unique<cuda::CudaBackend>(device_ordinal);
+}
+
+}  // namespace trident

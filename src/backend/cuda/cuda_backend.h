@@ -1,0 +1,74 @@
+// The CUDA backend: bf16 activations, FP8 block-scaled or BF16 weights, Triton kernels compiled
+// ahead of time into the library. Ops run in order on the device's stream; synchronize() or
+// to_host() waits for them. Ops without a kernel yet throw "not implemented on CUDA yet: <op>".
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "backend/backend.h"
+#include "backend/cuda/cuda_ops.h"
+
+namespace trident::cuda {
+
+class DeviceContext;
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(int device_ordinal);
+
+  Device device() const override { return Device::CUDA; }
+  DType activation_dtype() const override { return DType::BF16; }
+
+  Tensor alloc(DType dtype, std::initializer_list<int64_t> shape) override;
+  Tensor upload(const Tensor& host) override;
+  void to_host(const Tensor& src, void* dst) override;
+  void synchronize() override;
+
+  void embedding(const Tensor& ids, const Tensor& table, Tensor& out) override;
+  void rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& out) override;
+  void add_rms_norm(const Tensor& x, Tensor& residual, const Tensor& w, float eps,
+                    Tensor& out) override;
+  void linear(const Tensor& x, const LinearWeight& w, Tensor& out) override;
+  void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) override;
+  void add(Tensor& a, const Tensor& b) override;
+  void mla_rope_cache_write(Tensor& q, const Tensor& kv, const MlaWeights& w, const MlaParams& p,
+                            const RopeTable& rope, const AttentionMeta& meta,
+                            KvLayer& cache) override;
+  void mla_attention(const Tensor& q, const MlaWeights& w, const MlaParams& p,
+                     const AttentionMeta& meta, const KvLayer& cache, Tensor& out) override;
+  void moe_gate(const Tensor& logits, const Tensor& bias, const GateParams& p, Tensor& topk_ids,
+                Tensor& topk_weights) override;
+  void moe_experts(const Tensor& x, const Tensor& topk_ids, const Tensor& topk_weights,
+                   const ExpertWeights& experts, Tensor& out) override;
+
+  // DeepSeek's per-token-group activation quantization, the first half of an FP8 linear:
+  // x [T, K] bf16 -> q [T, K] e4m3, scales [T, ceil(K / 128)] f32.
+  void quantize_fp8(const Tensor& x, Tensor& q, Tensor& scales);
+  // The second half: out = (q * scales) W^T for an FP8 weight.
+  void fp8_gemm(const Tensor& q, const Tensor& scales, const LinearWeight& w, Tensor& out);
+
+  // Pins the GEMM tile and split-K instead of the tuned table and heuristic (tests, tuning);
+  // nullopt restores the defaults.
+  void set_gemm_override(std::optional<GemmChoice> choice) { gemm_override_ = std::move(choice); }
+  // The tile and split the last GEMM used.
+  const GemmChoice& last_gemm() const { return last_gemm_; }
+
+  DeviceContext& context() { return ops_.device; }
+
+ private:
+  OpContext ops_;
+  std::optional<GemmChoice> gemm_override_;
+  GemmChoice last_gemm_;
+};
+
+}  // namespace trident::cuda
+
+namespace trident {
+
+// The CUDA backend on GPU `device_ordinal`; fails if there is no driver, no such GPU, or no
+// kernels compiled for its architecture.
+std::unique_ptr<Backend> make_cuda_backend(int device_ordinal = 0);
+
+}  // namespace trident

@@ -1,0 +1,59 @@
+// One GPU as Trident uses it: the device's primary context (shared with any other library in the
+// process), the stream Trident's work runs on, the kernel modules loaded into the context, and
+// stream-ordered device memory from the device's memory pool. One per device per process, made
+// on first use and kept until exit, so several GPUs work from one process as well as one each.
+#pragma once
+
+#include <cuda.h>
+
+#include <cstddef>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+#include "backend/cuda/kernel_launch.h"
+
+namespace trident::cuda {
+
+class DeviceContext {
+ public:
+  static DeviceContext& get(int ordinal);
+  static int device_count();
+
+  int ordinal() const { return ordinal_; }
+  const std::string& name() const { return name_; }
+  int arch() const { return arch_; }  // 90 for sm_90
+  int sm_count() const { return sm_count_; }
+  int max_shared_per_block() const { return max_shared_per_block_; }
+  CUstream stream() const { return stream_; }
+
+  // Makes this device's context current on the calling thread.
+  void make_current() const;
+
+  // The function of `variant`, loading its module into this context on first use.
+  CUfunction function(const KernelVariant& variant);
+
+  // Device memory, allocated and freed in stream order on stream(): a release may follow the
+  // launches that still read the memory.
+  CUdeviceptr allocate(size_t bytes);
+  void release(CUdeviceptr ptr) noexcept;
+
+  DeviceContext(const DeviceContext&) = delete;
+  DeviceContext& operator=(const DeviceContext&) = delete;
+
+ private:
+  explicit DeviceContext(int ordinal);
+
+  int ordinal_;
+  CUdevice device_{};
+  CUcontext context_{};
+  CUstream stream_{};
+  std::string name_;
+  int arch_ = 0;
+  int sm_count_ = 0;
+  int max_shared_per_block_ = 0;
+  std::mutex mutex_;
+  std::unordered_map<const KernelVariant*, CUfunction> functions_;
+};
+
+}  // namespace trident::cuda

@@ -1,0 +1,164 @@
+// `trident serve`: the OpenAI-compatible HTTP server on one model.
+#include <pthread.h>
+#include <signal.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <thread>
+
+#include <spdlog/spdlog.h>
+
+#include "cli/commands.h"
+#include "core/error.h"
+#include "model/config.h"
+#include "runtime/engine.h"
+#include "runtime/serving_engine.h"
+#include "serve/chat_template.h"
+#include "serve/http_server.h"
+#include "serve/metrics.h"
+#include "serve/tokenizer.h"
+
+namespace trident::cli {
+
+namespace {
+
+struct ServeArgs {
+  std::string model;
+  std::string device = "cpu";
+  std::string host = "127.0.0.1";
+  int port = 8000;
+  std::string api_key;
+  std::string served_model_name;
+  int max_context = 0;
+  int kv_pages = 0;
+  int max_running = 64;
+  int step_tokens = 512;
+  int max_requests = 256;
+  int max_tokens_limit = 0;
+  size_t max_body_bytes = 4 << 20;
+  bool no_prefix_cache = false;
+};
+
+// The directory's own name, as clients will ask for the model.
+std::string model_name_of(const std::string& dir) {
+  std::filesystem::path p = std::filesystem::path(dir).lexically_normal();
+  if (p.filename().empty()) p = p.parent_path();
+  return p.filename().string();
+}
+
+void run_serve(const ServeArgs& a) {
+  // SIGINT and SIGTERM go to one thread that stops the server; every thread started from here
+  // on inherits the mask. A client that goes away must not kill the server with SIGPIPE.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  Tokenizer tokenizer = Tokenizer::from_dir(a.model);
+  std::unique_ptr<ChatTemplate> chat;
+  try {
+    chat = std::make_unique<ChatTemplate>(ChatTemplate::from_dir(a.model));
+  } catch (const Error& e) {
+    spdlog::warn("no chat template, /v1/chat/completions is off: {}", e.what());
+  }
+
+  EngineOptions eo;
+  eo.model_dir = a.model;
+  eo.device = a.device;
+  eo.max_context = a.max_context;
+  eo.show_progress = true;
+  // The pool holds every request's pages: by default 256 pages (16k tokens), or one full context
+  // if that is more (the context as EngineOptions::max_context picks it).
+  const ModelConfig config = ModelConfig::from_file(std::filesystem::path(a.model) / "config.json");
+  const int context = a.max_context > 0 ? a.max_context : std::min(config.max_position_embeddings, 8192);
+  const int context_pages = pages_for_tokens(context, KvPagePool::kPageSize);
+  eo.kv_pages = a.kv_pages > 0 ? a.kv_pages : std::max(256, context_pages);
+  TRI_CHECK(eo.kv_pages >= context_pages,
+            "--kv-pages {} holds {} tokens, fewer than one {}-token context: give at least {} "
+            "pages or lower --max-context",
+            eo.kv_pages, eo.kv_pages * KvPagePool::kPageSize, context, context_pages);
+  Engine engine(eo);
+
+  ServingOptions so;
+  so.scheduler.max_context = engine.max_context();
+  so.scheduler.max_running = a.max_running;
+  so.scheduler.step_tokens = a.step_tokens;
+  so.scheduler.prefix_cache = !a.no_prefix_cache;
+  so.max_requests = a.max_requests;
+  for (int id : engine.config().eos_token_ids) so.eos_token_ids.push_back(id);
+  if (tokenizer.eos_id() >= 0) so.eos_token_ids.push_back(tokenizer.eos_id());
+
+  EngineStepModel model(engine);
+  ServingEngine serving(model, engine.pool(), so);
+  ServerMetrics metrics;
+  HttpServerOptions ho;
+  ho.host = a.host;
+  ho.port = a.port;
+  ho.api_key = a.api_key;
+  ho.model_name = a.served_model_name.empty() ? model_name_of(a.model) : a.served_model_name;
+  ho.max_body_bytes = a.max_body_bytes;
+  ho.max_tokens_limit = a.max_tokens_limit;
+  HttpServer http(serving, tokenizer, chat.get(), engine.config().vocab_size, metrics, ho);
+  const int port = http.bind();
+
+  std::thread stopper([&] {
+    int sig = 0;
+    sigwait(&stop_signals, &sig);
+    spdlog::info("{}: stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    serving.stop();
+    http.stop();
+  });
+  spdlog::info("serving '{}' ({}-token context, {} KV pages, up to {} requests at once{})",
+               ho.model_name, engine.max_context(), engine.pool().total_pages(), a.max_requests,
+               a.api_key.empty() ? "" : ", API key required");
+  std::printf("listening on http://%s:%d\n", a.host.c_str(), port);
+  std::fflush(stdout);
+  http.run();
+  // The server stops only through the stopper thread; it has finished stopping it.
+  stopper.join();
+}
+
+}  // namespace
+
+void register_serve(CLI::App& app) {
+  auto args = std::make_shared<ServeArgs>();
+  CLI::App* cmd = app.add_subcommand("serve", "Serve a model over an OpenAI-compatible HTTP API");
+  cmd->add_option("--model,-m", args->model, "Model directory (HuggingFace layout, with tokenizer)")
+      ->required()
+      ->check(CLI::ExistingDirectory);
+  cmd->add_option("--host", args->host, "Address to listen on (default 127.0.0.1: this machine only)");
+  cmd->add_option("--port,-p", args->port, "Port to listen on; 0 picks a free one")
+      ->check(CLI::Range(0, 65535));
+  cmd->add_option("--api-key", args->api_key, "Require 'Authorization: Bearer KEY' on /v1/*");
+  cmd->add_option("--served-model-name", args->served_model_name,
+                  "Model name clients use (default: the model directory's name)");
+  cmd->add_option("--device", args->device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  cmd->add_option("--max-context", args->max_context,
+                  "Tokens per request, prompt and completion (0: model's, up to 8192)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--kv-pages", args->kv_pages,
+                  "KV cache pages of 64 tokens for all requests (0: 256, at least one context)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--max-running", args->max_running, "Requests in one batch at most")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--step-tokens", args->step_tokens,
+                  "Tokens in one step at most (decodes plus prefill chunks)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--max-requests", args->max_requests,
+                  "Requests accepted at once (running and queued); more get 429")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--max-tokens-limit", args->max_tokens_limit,
+                  "Largest max_tokens a request may ask for (0: the context length)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--max-body-bytes", args->max_body_bytes, "Largest request body; larger get 413")
+      ->check(CLI::PositiveNumber);
+  cmd->add_flag("--no-prefix-cache", args->no_prefix_cache,
+                "Compute every prompt in full instead of reusing cached prefixes");
+  cmd->callback([args] { run_serve(*args); });
+}
+
+}  // namespace trident::cli

@@ -1,0 +1,31 @@
+// `--ep N`: run as N ranks for expert parallelism. Outside mpirun, the command re-runs itself
+// under `mpirun -np N` on this host (OpenMPI); started by mpirun (by hand, e.g. across hosts), it
+// joins the ranks mpirun started. Options shared by every command that loads a model.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <memory>
+#include <string>
+
+#include "parallel/expert_parallel.h"
+#include "parallel/rank_group.h"
+
+namespace trident::cli {
+
+struct ParallelArgs {
+  int ep = 0;  // 0: 1, or mpirun's rank count under mpirun
+  double timeout_s = 60;
+  std::string dispatch = "auto";
+  std::string payload = "auto";
+  int redundant_experts = 0;
+
+  ExpertParallelOptions options() const;
+};
+
+void add_parallel_options(CLI::App& command, ParallelArgs& args);
+
+// The ranks of this run, MPI started; null for a single rank. With --ep N > 1 outside mpirun,
+// replaces this process by `mpirun -np N <this command>` and does not return.
+std::unique_ptr<RankGroup> start_ranks(const ParallelArgs& args, const std::string& device);
+
+}  // namespace trident::cli

@@ -1,0 +1,88 @@
+// Expert parallelism for the DeepSeek-V3 forward pass: each rank holds some routed experts
+// (ExpertPlacement), and every MoE layer dispatches tokens to the ranks holding their experts,
+// runs the experts held here, and combines the results back (DispatchCombine).
+//
+// Ranks step together: before each step every rank says how many tokens it has and whether it
+// still has work (begin_step), so a rank with no tokens still joins each MoE layer's exchanges
+// (DeepseekV3::idle_step), all ranks pick the same dispatch mode, and all stop together.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <vector>
+
+#include "backend/backend.h"
+#include "model/config.h"
+#include "model/deepseek_v3.h"
+#include "parallel/communicator.h"
+#include "parallel/dispatch_combine.h"
+#include "parallel/expert_placement.h"
+
+namespace trident {
+
+enum class PayloadChoice : uint8_t { Auto, Fp8, Activation };
+
+struct ExpertParallelOptions {
+  DispatchModeChoice dispatch = DispatchModeChoice::Auto;
+  int64_t low_latency_max_tokens = 128;
+  // Auto: FP8 tokens for FP8 checkpoints (their experts quantize their input the same way, so
+  // results are unchanged), the activation dtype for BF16 ones.
+  PayloadChoice payload = PayloadChoice::Auto;
+  // How long ranks wait for each other to finish loading weights, which takes long and varies
+  // from rank to rank; every other exchange waits the communicator's timeout.
+  std::chrono::milliseconds load_timeout{std::chrono::minutes(30)};
+};
+
+struct StepPlan {
+  bool stop = false;         // no rank has work left
+  int64_t total_tokens = 0;  // over all ranks, this step
+  int64_t max_tokens = 0;    // the largest batch of any rank
+  DispatchMode mode = DispatchMode::Normal;
+};
+
+// One placement per layer (entries of dense layers are unused): experts split in contiguous
+// blocks with `redundant` extra copies in all, the same in every layer.
+std::vector<ExpertPlacement> contiguous_placements(const ModelConfig& config, int n_ranks,
+                                                   int redundant);
+
+class ExpertParallel final : public RoutedExpertsHook {
+ public:
+  ExpertParallel(Communicator& comm, Backend& backend, const ModelConfig& config,
+                 std::vector<ExpertPlacement> placements, const ExpertParallelOptions& options);
+
+  int rank() const { return comm_.rank(); }
+  int size() const { return comm_.size(); }
+  const ExpertPlacement& placement(int layer) const { return placements_.at(layer); }
+  bool fp8_payload() const { return dispatch_config_.fp8_payload; }
+  // Tokens dispatched to this rank's experts so far, from all ranks.
+  int64_t tokens_received() const { return tokens_received_; }
+  // For LoadOptions::holds_expert: this rank loads only these experts.
+  bool holds_expert(int layer, int expert) const {
+    return placements_.at(layer).holds(comm_.rank(), expert);
+  }
+
+  // Every rank, once its weights are loaded: waits for the others (up to the load timeout).
+  void wait_for_ranks_loaded();
+
+  // Every rank, before every step: `tokens` it runs in this step and whether it has work left.
+  // The group stops when no rank has work left.
+  StepPlan begin_step(int64_t tokens, bool has_work);
+  // The last collective of a run, so no rank finalizes while another still waits for it.
+  void finish();
+
+  void moe_experts(int layer, const Tensor& x, const Tensor& topk_ids, const Tensor& topk_weights,
+                   const ExpertWeights& experts, Tensor& out) override;
+
+ private:
+  Communicator& comm_;
+  Backend& backend_;
+  ExpertParallelOptions options_;
+  DispatchConfig dispatch_config_;
+  std::vector<ExpertPlacement> placements_;
+  std::unique_ptr<DispatchCombine> normal_;
+  DispatchMode step_mode_ = DispatchMode::Normal;
+  int64_t step_ = 0;
+  int64_t tokens_received_ = 0;
+};
+
+}  // namespace trident

@@ -1,0 +1,121 @@
+#include "parallel/expert_placement.h"
+
+#include <algorithm>
+#include <numeric>
+
+#include "core/error.h"
+
+namespace trident {
+
+namespace {
+
+void check_sizes(int n_experts, int n_ranks, int redundant) {
+  TRI_CHECK(n_ranks >= 1, "expert placement needs at least one rank, got {}", n_ranks);
+  TRI_CHECK(n_experts >= n_ranks,
+            "{} routed experts cannot be spread over {} ranks: use at most {} ranks", n_experts,
+            n_ranks, n_experts);
+  TRI_CHECK(redundant >= 0 && redundant % n_ranks == 0,
+            "{} redundant experts do not split evenly over {} ranks: use a multiple of {}",
+            redundant, n_ranks, n_ranks);
+  TRI_CHECK(n_experts % n_ranks == 0 || redundant == 0,
+            "redundant experts need the {} experts to split evenly over {} ranks", n_experts,
+            n_ranks);
+  TRI_CHECK(redundant / n_ranks <= n_experts - n_experts / n_ranks,
+            "{} redundant experts per rank exceed the {} experts each rank does not hold",
+            redundant / n_ranks, n_experts - n_experts / n_ranks);
+}
+
+}  // namespace
+
+ExpertPlacement ExpertPlacement::contiguous(int n_experts, int n_ranks, int redundant) {
+  check_sizes(n_experts, n_ranks, redundant);
+  std::vector<std::vector<int>> ranks(n_ranks);
+  const int base = n_experts / n_ranks, extra = n_experts % n_ranks;
+  int next = 0;
+  for (int r = 0; r < n_ranks; ++r) {
+    int block = base + (r < extra ? 1 : 0);
+    for (int i = 0; i < block; ++i) ranks[r].push_back(next++);
+  }
+  for (int r = 0; r < n_ranks; ++r) {
+    int after = ranks[r].back();
+    for (int i = 1; i <= redundant / n_ranks; ++i) ranks[r].push_back((after + i) % n_experts);
+  }
+  return from_ranks(n_experts, std::move(ranks));
+}
+
+ExpertPlacement ExpertPlacement::balanced(const std::vector<double>& load, int n_ranks,
+                                          int redundant) {
+  const int E = int(load.size());
+  check_sizes(E, n_ranks, redundant);
+  std::vector<int> copies(E, 1);
+  for (int i = 0; i < redundant; ++i) {
+    int best = -1;
+    for (int e = 0; e < E; ++e)
+      if (copies[e] < n_ranks && (best < 0 || load[e] / copies[e] > load[best] / copies[best]))
+        best = e;
+    copies[best]++;
+  }
+  // Experts with several copies first, so their copies still find distinct ranks; then heaviest
+  // first within each kind.
+  std::vector<int> order(E);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) {
+    if ((copies[a] > 1) != (copies[b] > 1)) return copies[a] > 1;
+    return load[a] / copies[a] > load[b] / copies[b];
+  });
+  const int slots = (E + redundant) / n_ranks;
+  std::vector<std::vector<int>> ranks(n_ranks);
+  std::vector<double> rank_load(n_ranks, 0.0);
+  for (int e : order) {
+    for (int c = 0; c < copies[e]; ++c) {
+      int best = -1;
+      for (int r = 0; r < n_ranks; ++r) {
+        bool fits = int(ranks[r].size()) < slots &&
+                    std::find(ranks[r].begin(), ranks[r].end(), e) == ranks[r].end();
+        if (fits && (best < 0 || rank_load[r] < rank_load[best])) best = r;
+      }
+      TRI_CHECK(best >= 0,
+                "cannot place copy {} of expert {} on {} ranks of {} slots: every rank with a "
+                "free slot holds it already; use fewer redundant experts",
+                c + 1, e, n_ranks, slots);
+      ranks[best].push_back(e);
+      rank_load[best] += load[e] / copies[e];
+    }
+  }
+  // Slots in expert order: a rank's experts then load as a checkpoint lists them.
+  for (auto& r : ranks) std::sort(r.begin(), r.end());
+  return from_ranks(E, std::move(ranks));
+}
+
+ExpertPlacement ExpertPlacement::from_ranks(int n_experts,
+                                            std::vector<std::vector<int>> experts_of_rank) {
+  ExpertPlacement p;
+  p.ranks_of_expert_.assign(n_experts, {});
+  for (int r = 0; r < int(experts_of_rank.size()); ++r) {
+    for (int e : experts_of_rank[r]) {
+      TRI_CHECK(e >= 0 && e < n_experts, "rank {} is given expert {}, outside [0, {})", r, e,
+                n_experts);
+      auto& holders = p.ranks_of_expert_[e];
+      TRI_CHECK(holders.empty() || holders.back() != r, "rank {} is given expert {} twice", r, e);
+      holders.push_back(r);
+    }
+  }
+  for (int e = 0; e < n_experts; ++e)
+    TRI_CHECK(!p.ranks_of_expert_[e].empty(), "expert {} is placed on no rank", e);
+  p.experts_of_rank_ = std::move(experts_of_rank);
+  return p;
+}
+
+bool ExpertPlacement::holds(int rank, int expert) const {
+  const auto& holders = ranks_of_expert_.at(expert);
+  return std::binary_search(holders.begin(), holders.end(), rank);
+}
+
+int ExpertPlacement::rank_for(int expert, int source_rank, int64_t token) const {
+  const auto& holders = ranks_of_expert_.at(expert);
+  if (holders.size() == 1) return holders[0];
+  if (std::binary_search(holders.begin(), holders.end(), source_rank)) return source_rank;
+  return holders[size_t(token + source_rank) % holders.size()];
+}
+
+}  // namespace trident

@@ -1,0 +1,230 @@
+#include "runtime/serving_engine.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include <spdlog/spdlog.h>
+
+#include "core/error.h"
+#include "runtime/step_builder.h"
+
+namespace trident {
+
+const float* EngineStepModel::forward(const StepInput& step) {
+  StepInput in = upload_step(engine_.backend(), step);
+  Tensor out = engine_.model().forward(in, engine_.cache());
+  logits_.resize(out.numel());
+  engine_.backend().to_host(out, logits_.data());
+  return logits_.data();
+}
+
+std::vector<std::pair<int32_t, float>> top_logprobs(const float* logits, int vocab, int n) {
+  n = std::clamp(n, 0, vocab);
+  // The same arithmetic as token_logprob, so a token's logprob and its entry here agree.
+  const float m = *std::max_element(logits, logits + vocab);
+  double sum = 0;
+  for (int i = 0; i < vocab; ++i) sum += std::exp(double(logits[i] - m));
+  const double log_sum = std::log(sum);
+  std::vector<int32_t> ids(vocab);
+  std::iota(ids.begin(), ids.end(), 0);
+  std::partial_sort(ids.begin(), ids.begin() + n, ids.end(), [&](int32_t a, int32_t b) {
+    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+  });
+  std::vector<std::pair<int32_t, float>> top(n);
+  for (int i = 0; i < n; ++i) top[i] = {ids[i], float(logits[ids[i]] - m - log_sum)};
+  return top;
+}
+
+ServingEngine::ServingEngine(StepModel& model, KvPagePool& pool, const ServingOptions& options)
+    : model_(model), pool_(pool), options_(options), scheduler_(pool, options.scheduler) {
+  TRI_CHECK(options.max_requests > 0, "max_requests must be positive, got {}",
+            options.max_requests);
+  publish_stats();
+  thread_ = std::thread([this] { loop(); });
+}
+
+ServingEngine::~ServingEngine() { stop(); }
+
+std::shared_ptr<RequestStream> ServingEngine::submit(GenerationRequest request) {
+  const int context = options_.scheduler.max_context;
+  TRI_CHECK(!request.prompt.empty(), "the prompt is empty");
+  TRI_CHECK(int(request.prompt.size()) < context,
+            "the prompt has {} tokens; the context holds {}, so at most {} fit", request.prompt.size(),
+            context, context - 1);
+  TRI_CHECK(request.max_new_tokens > 0, "max_new_tokens must be positive, got {}",
+            request.max_new_tokens);
+  const int vocab = model_.vocab_size();
+  for (int32_t t : request.prompt)
+    TRI_CHECK(t >= 0 && t < vocab, "prompt token id {} is outside the vocabulary (0..{})", t,
+              vocab - 1);
+  Sampler sampler(request.sampling);  // checks the sampling parameters
+
+  if (in_flight_.fetch_add(1) >= options_.max_requests) {
+    in_flight_.fetch_sub(1);
+    return nullptr;
+  }
+  auto seq = std::make_shared<Sequence>();
+  seq->tokens = request.prompt;
+  seq->prompt_len = int(request.prompt.size());
+  seq->max_new_tokens = request.max_new_tokens;
+  std::shared_ptr<RequestStream> stream;
+  {
+    std::lock_guard lock(mutex_);
+    if (stopping_) {
+      in_flight_.fetch_sub(1);
+      return nullptr;
+    }
+    seq->id = next_id_++;
+    stream = std::make_shared<RequestStream>(seq->id);
+    inbox_.push_back(std::make_unique<Active>(
+        Active{std::move(seq), stream, std::move(request), std::move(sampler)}));
+  }
+  wake_.notify_one();
+  return stream;
+}
+
+void ServingEngine::stop() {
+  {
+    std::lock_guard lock(mutex_);
+    if (stopping_ && !thread_.joinable()) return;
+    stopping_ = true;
+  }
+  wake_.notify_one();
+  if (thread_.joinable()) thread_.join();
+  std::vector<std::unique_ptr<Active>> never_started;
+  {
+    std::lock_guard lock(mutex_);
+    never_started.swap(inbox_);
+  }
+  for (auto& a : never_started) end(*a, {"cancelled", "the server is shutting down"});
+  for (auto& [id, a] : active_) {
+    scheduler_.finish(*a->seq);
+    end(*a, {"cancelled", "the server is shutting down"});
+  }
+  active_.clear();
+  publish_stats();
+}
+
+void ServingEngine::loop() {
+  for (;;) {
+    std::vector<std::unique_ptr<Active>> arrivals;
+    {
+      std::unique_lock lock(mutex_);
+      // Idle, the thread sleeps until a request comes; a cancellation needs no wake-up, since
+      // only requests the engine holds can be cancelled.
+      wake_.wait(lock, [&] { return stopping_ || !inbox_.empty() || !scheduler_.idle(); });
+      if (stopping_) return;
+      arrivals.swap(inbox_);
+    }
+    take_new_requests(std::move(arrivals));
+    drop_cancelled();
+    ScheduledStep step = scheduler_.schedule();
+    if (!step.empty()) run_step(step);
+    publish_stats();
+  }
+}
+
+void ServingEngine::take_new_requests(std::vector<std::unique_ptr<Active>> arrivals) {
+  for (auto& a : arrivals) {
+    scheduler_.add(a->seq);
+    uint64_t id = a->seq->id;
+    active_.emplace(id, std::move(a));
+  }
+}
+
+void ServingEngine::drop_cancelled() {
+  for (auto it = active_.begin(); it != active_.end();) {
+    Active& a = *it->second;
+    if (!a.stream->cancelled()) {
+      ++it;
+      continue;
+    }
+    scheduler_.finish(*a.seq);
+    end(a, {"cancelled", ""});
+    it = active_.erase(it);
+  }
+}
+
+void ServingEngine::run_step(const ScheduledStep& step) {
+  const float* logits = nullptr;
+  try {
+    logits = model_.forward(build_step(step.chunks));
+  } catch (const std::exception& e) {
+    // A failed step fails the requests in it; the others go on.
+    spdlog::error("step of {} tokens for {} requests failed: {}", step.tokens, step.seqs.size(),
+                  e.what());
+    for (Sequence* seq : step.seqs) {
+      auto it = active_.find(seq->id);
+      scheduler_.finish(*seq);
+      end(*it->second, {"error", fmt::format("the model step failed: {}", e.what())});
+      active_.erase(it);
+    }
+    return;
+  }
+  scheduler_.step_done(step);
+  const int vocab = model_.vocab_size();
+  int row = 0;
+  for (size_t i = 0; i < step.seqs.size(); ++i) {
+    if (!step.chunks[i].want_logits) continue;
+    emit(*active_.at(step.seqs[i]->id), logits + int64_t(row++) * vocab);
+  }
+}
+
+void ServingEngine::emit(Active& a, const float* logits) {
+  const int vocab = model_.vocab_size();
+  Sequence& seq = *a.seq;
+  SampledToken t = a.sampler.sample(logits, vocab);
+  TokenEvent event{t.id, t.logprob, {}};
+  if (a.request.top_logprobs > 0)
+    event.top_logprobs = top_logprobs(logits, vocab, a.request.top_logprobs);
+  a.stream->push(std::move(event));
+  scheduler_.append(seq, t.id);
+  ++generated_tokens_;
+
+  auto listed = [&](const std::vector<int32_t>& ids) {
+    return std::find(ids.begin(), ids.end(), t.id) != ids.end();
+  };
+  const char* reason = nullptr;
+  if ((!a.request.ignore_eos && listed(options_.eos_token_ids)) || listed(a.request.stop_token_ids))
+    reason = "stop";
+  else if (seq.generated() >= seq.max_new_tokens ||
+           int(seq.tokens.size()) >= options_.scheduler.max_context)
+    reason = "length";
+  if (!reason) return;
+  const uint64_t id = seq.id;
+  scheduler_.finish(seq);
+  end(a, {reason, ""});
+  active_.erase(id);  // destroys `a`
+}
+
+void ServingEngine::end(Active& a, RequestEnd end) {
+  end.prompt_tokens = a.seq->prompt_len;
+  end.cached_prompt_tokens = a.seq->cached_prompt_tokens;
+  end.completion_tokens = std::max(a.seq->generated(), 0);
+  end.preemptions = a.seq->preemptions;
+  a.stream->end(std::move(end));
+  in_flight_.fetch_sub(1);
+}
+
+void ServingEngine::publish_stats() {
+  ServingStats s;
+  s.scheduler = scheduler_.stats();
+  s.in_flight = in_flight_.load();
+  s.queued = std::max(0, s.in_flight - s.scheduler.running);
+  s.kv_pages_total = pool_.total_pages();
+  s.kv_pages_used = pool_.used_pages();
+  s.kv_pages_cached = scheduler_.prefix_cache() ? scheduler_.prefix_cache()->cached_pages() : 0;
+  s.kv_utilization = pool_.utilization();
+  s.kv_fragmentation = pool_.fragmentation();
+  s.generated_tokens = generated_tokens_;
+  std::lock_guard lock(stats_mutex_);
+  stats_ = s;
+}
+
+ServingStats ServingEngine::stats() const {
+  std::lock_guard lock(stats_mutex_);
+  return stats_;
+}
+
+}  // namespace trident

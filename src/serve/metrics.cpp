@@ -1,0 +1,145 @@
+#include "serve/metrics.h"
+
+#include <algorithm>
+
+#include <fmt/format.h>
+
+#include "core/error.h"
+
+namespace trident {
+
+namespace {
+
+std::string number(double v) { return fmt::format("{}", v); }
+
+void header(std::string& out, const std::string& name, const char* type, const std::string& help) {
+  out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
+}
+
+void single(std::string& out, const std::string& name, const char* type, const std::string& help,
+            double value) {
+  header(out, name, type, help);
+  out += fmt::format("{} {}\n", name, number(value));
+}
+
+template <class Key>
+void labelled(std::string& out, const std::string& name, const std::string& help,
+              const std::string& label, const std::map<Key, uint64_t>& values) {
+  header(out, name, "counter", help);
+  for (const auto& [key, v] : values) out += fmt::format("{}{{{}=\"{}\"}} {}\n", name, label, key, v);
+}
+
+std::vector<double> token_buckets() {
+  return {1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768};
+}
+
+}  // namespace
+
+Histogram::Histogram(std::vector<double> upper_bounds)
+    : bounds_(std::move(upper_bounds)), counts_(bounds_.size() + 1, 0) {
+  TRI_CHECK(std::is_sorted(bounds_.begin(), bounds_.end()), "histogram bucket bounds must ascend");
+}
+
+void Histogram::observe(double value) {
+  size_t b = std::lower_bound(bounds_.begin(), bounds_.end(), value) - bounds_.begin();
+  ++counts_[b];
+  sum_ += value;
+  ++count_;
+}
+
+void Histogram::render(std::string& out, const std::string& name, const std::string& help) const {
+  header(out, name, "histogram", help);
+  uint64_t cumulative = 0;
+  for (size_t i = 0; i < bounds_.size(); ++i) {
+    cumulative += counts_[i];
+    out += fmt::format("{}_bucket{{le=\"{}\"}} {}\n", name, number(bounds_[i]), cumulative);
+  }
+  out += fmt::format("{}_bucket{{le=\"+Inf\"}} {}\n", name, count_);
+  out += fmt::format("{}_sum {}\n{}_count {}\n", name, number(sum_), name, count_);
+}
+
+ServerMetrics::ServerMetrics()
+    : ttft_({0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}),
+      tpot_({0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5}),
+      e2e_({0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300}),
+      prompt_len_(token_buckets()),
+      completion_len_(token_buckets()) {}
+
+void ServerMetrics::request_started(const std::string& endpoint) {
+  std::lock_guard lock(mutex_);
+  ++started_[endpoint];
+}
+
+void ServerMetrics::request_finished(const RequestRecord& r) {
+  std::lock_guard lock(mutex_);
+  ++finished_[r.finish_reason];
+  prompt_tokens_ += r.prompt_tokens;
+  completion_tokens_ += r.completion_tokens;
+  if (r.ttft_s >= 0) ttft_.observe(r.ttft_s);
+  if (r.tpot_s >= 0) tpot_.observe(r.tpot_s);
+  e2e_.observe(r.e2e_s);
+  prompt_len_.observe(r.prompt_tokens);
+  completion_len_.observe(r.completion_tokens);
+}
+
+void ServerMetrics::error_response(int status) {
+  std::lock_guard lock(mutex_);
+  ++errors_[status];
+}
+
+std::string ServerMetrics::render(const ServingStats& e) const {
+  std::string out;
+  std::lock_guard lock(mutex_);
+  labelled(out, "trident_requests_total", "Generation requests accepted, by endpoint.", "endpoint",
+           started_);
+  labelled(out, "trident_requests_finished_total", "Generation requests finished, by finish reason.",
+           "finish_reason", finished_);
+  labelled(out, "trident_request_errors_total", "Requests answered with an error, by HTTP status.",
+           "status", errors_);
+  single(out, "trident_prompt_tokens_total", "counter", "Prompt tokens of finished requests.",
+         double(prompt_tokens_));
+  single(out, "trident_generation_tokens_total", "counter",
+         "Tokens generated for finished requests.", double(completion_tokens_));
+  ttft_.render(out, "trident_time_to_first_token_seconds",
+               "Time from a request's arrival to its first generated token.");
+  tpot_.render(out, "trident_time_per_output_token_seconds",
+               "Mean time per generated token after the first, per request.");
+  e2e_.render(out, "trident_e2e_request_latency_seconds", "Time from arrival to the last token.");
+  prompt_len_.render(out, "trident_request_prompt_tokens", "Prompt length of finished requests.");
+  completion_len_.render(out, "trident_request_generation_tokens",
+                         "Generated length of finished requests.");
+
+  const SchedulerStats& s = e.scheduler;
+  single(out, "trident_queue_length", "gauge", "Requests waiting to be scheduled.", e.queued);
+  single(out, "trident_requests_running", "gauge", "Requests in the running batch.", s.running);
+  single(out, "trident_requests_in_flight", "gauge", "Requests accepted and not yet ended.",
+         e.in_flight);
+  single(out, "trident_kv_pages_total", "gauge", "KV cache pages (64 tokens each).", e.kv_pages_total);
+  single(out, "trident_kv_pages_used", "gauge", "KV cache pages in use, prefix cache included.",
+         e.kv_pages_used);
+  single(out, "trident_kv_pages_cached", "gauge", "KV cache pages held by the prefix cache.",
+         e.kv_pages_cached);
+  single(out, "trident_kv_utilization_ratio", "gauge", "KV pages in use over all pages.",
+         e.kv_utilization);
+  single(out, "trident_kv_fragmentation_ratio", "gauge",
+         "Allocated but unused KV token slots over allocated slots.", e.kv_fragmentation);
+  single(out, "trident_prefix_cache_queried_tokens_total", "counter",
+         "Prompt tokens looked up in the prefix cache.", double(s.prompt_tokens));
+  single(out, "trident_prefix_cache_hit_tokens_total", "counter",
+         "Prompt tokens served from the prefix cache instead of computed.",
+         double(s.cached_prompt_tokens));
+  single(out, "trident_prefix_cache_hit_rate", "gauge",
+         "Prefix cache hit tokens over queried tokens since start.",
+         s.prompt_tokens ? double(s.cached_prompt_tokens) / double(s.prompt_tokens) : 0.0);
+  single(out, "trident_preemptions_total", "counter",
+         "Running requests preempted (pages freed, recomputed later) for lack of KV pages.",
+         double(s.preemptions));
+  single(out, "trident_engine_steps_total", "counter", "Model steps run.", double(s.steps));
+  single(out, "trident_engine_computed_tokens_total", "counter",
+         "Tokens run through the model, recomputation included.", double(s.computed_tokens));
+  single(out, "trident_engine_generated_tokens_total", "counter",
+         "Tokens sampled by the engine, cancelled requests included.", double(e.generated_tokens));
+  return out;
+}
+
+}  // namespace trident

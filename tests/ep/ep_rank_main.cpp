@@ -1,0 +1,254 @@
+// One rank of the multi-rank tests, started by mpirun (trident_ep_tests does that). Every rank
+// runs a model twice: with all experts here (the reference: what a single rank computes) and
+// with the experts spread over the ranks, each rank loading only its own. Each rank has its own
+// batch of sequences (attention is data-parallel): a batched prefill, then greedy decode steps
+// of one token per sequence; logits and tokens are compared at every step.
+//
+// The model is a checkpoint directory (--model: a golden fixture, whose prompts rank r takes
+// round-robin) or a small random model built in memory (--prompt-tokens: one sequence per rank of
+// that many tokens, 0 for none). Rank r decodes --decode-steps + r tokens, so ranks finish at
+// different times and idle while others still run. A fault can be injected into one rank.
+#include <signal.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "backend/backend.h"
+#include "cache/kv_page_pool.h"
+#include "model/checkpoint.h"
+#include "model/deepseek_v3.h"
+#include "parallel/expert_parallel.h"
+#include "parallel/rank_group.h"
+#include "runtime/step_builder.h"
+#include "tiny_moe_model.h"
+
+namespace {
+
+using namespace trident;
+namespace fs = std::filesystem;
+
+struct Args {
+  std::string model;                      // checkpoint directory; empty: the random model
+  std::vector<int> prompt_tokens = {12};  // random model: per rank; missing ranks take the last
+  int decode_steps = 3;
+  bool fp8 = false;
+  std::string payload = "auto";
+  bool skew = false;
+  int redundant = 0;
+  // Each row's largest logit error over the spread of the reference row's logits.
+  double tolerance = 1e-4;         // every row
+  double median_tolerance = 1e-4;  // the median row
+  int timeout_ms = 30000;
+  std::string fault = "none";  // exit, kill or hang
+  int fault_rank = 1;
+  int fault_step = 1;
+  int fault_layer = 2;
+};
+
+// Passes each MoE layer on to expert parallelism, failing first at the chosen step and layer,
+// while the other ranks wait for this one in that layer's dispatch.
+class FaultyRank final : public RoutedExpertsHook {
+ public:
+  FaultyRank(const Args& a, int rank, RoutedExpertsHook& inner)
+      : a_(a), rank_(rank), inner_(inner) {}
+  void set_step(int step) { step_ = step; }
+
+  void moe_experts(int layer, const Tensor& x, const Tensor& topk_ids, const Tensor& topk_weights,
+                   const ExpertWeights& experts, Tensor& out) override {
+    if (a_.fault != "none" && rank_ == a_.fault_rank && step_ == a_.fault_step &&
+        layer == a_.fault_layer) {
+      std::fprintf(stderr, "rank %d: injecting fault '%s' at step %d, layer %d\n", rank_,
+                   a_.fault.c_str(), step_, layer);
+      std::fflush(stderr);
+      if (a_.fault == "exit") std::exit(3);
+      if (a_.fault == "kill") raise(SIGKILL);
+      if (a_.fault == "hang")
+        for (;;) pause();
+    }
+    inner_.moe_experts(layer, x, topk_ids, topk_weights, experts, out);
+  }
+
+ private:
+  const Args& a_;
+  int rank_;
+  RoutedExpertsHook& inner_;
+  int step_ = 0;
+};
+
+// This rank's prompts: the fixture's (golden.json) round-robin over ranks, or random ones.
+std::vector<std::vector<int32_t>> prompts_of_rank(const Args& a, const ModelConfig& config,
+                                                  int rank, int n_ranks) {
+  std::vector<std::vector<int32_t>> mine;
+  if (!a.model.empty() && fs::exists(fs::path(a.model) / "golden.json")) {
+    std::ifstream f(fs::path(a.model) / "golden.json");
+    auto all = nlohmann::json::parse(f).at("prompts").get<std::vector<std::vector<int32_t>>>();
+    for (size_t i = rank; i < all.size(); i += n_ranks) mine.push_back(all[i]);
+    return mine;
+  }
+  const int n = a.prompt_tokens[std::min<size_t>(rank, a.prompt_tokens.size() - 1)];
+  if (n == 0) return mine;
+  std::mt19937 rng(1000 + rank);
+  std::vector<int32_t> p(n);
+  for (int32_t& t : p) t = int32_t(rng() % config.vocab_size);
+  mine.push_back(p);
+  return mine;
+}
+
+struct Sequence {
+  std::vector<int32_t> tokens, pages;
+  int cached = 0;
+};
+
+// Returns whether every step matched the reference.
+bool run(const Args& a, RankGroup& group) {
+  const int R = group.info().size, r = group.info().rank;
+  std::unique_ptr<Backend> backend = make_cpu_backend();
+  testing::TinyMoeSpec spec;
+  spec.fp8 = a.fp8;
+  std::unique_ptr<Checkpoint> ckpt;
+  ModelConfig config = testing::tiny_moe_config(spec);
+  if (!a.model.empty()) {
+    ckpt = std::make_unique<Checkpoint>(Checkpoint::open(a.model));
+    config = ModelConfig::from_file(fs::path(a.model) / "config.json");
+  }
+  std::vector<ExpertPlacement> placements = contiguous_placements(config, R, a.redundant);
+  if (a.skew) spec.favoured_experts = placements[0].experts_of(0);
+
+  ExpertParallelOptions options;
+  options.payload = a.payload == "fp8"          ? PayloadChoice::Fp8
+                    : a.payload == "activation" ? PayloadChoice::Activation
+                                                : PayloadChoice::Auto;
+  ExpertParallel ep(group.comm(), *backend, config, placements, options);
+  auto holds = [&](int l, int e) { return ep.holds_expert(l, e); };
+  LoadOptions only_mine;
+  only_mine.holds_expert = holds;
+  DeepseekV3 reference(
+      config,
+      ckpt ? load_weights(*ckpt, config, *backend) : testing::tiny_moe_weights(config, spec),
+      *backend);
+  DeepseekV3 model(config,
+                   ckpt ? load_weights(*ckpt, config, *backend, only_mine)
+                        : testing::tiny_moe_weights(config, spec, holds),
+                   *backend);
+  ep.wait_for_ranks_loaded();
+  FaultyRank faulty(a, r, ep);
+  model.set_routed_experts_hook(&faulty);
+
+  std::vector<Sequence> seqs;
+  int n_pages = 0;
+  const int steps = a.decode_steps + r;
+  for (auto& p : prompts_of_rank(a, config, r, R)) {
+    Sequence s{p, {}, 0};
+    for (int i = 0; i < pages_for_tokens(int(p.size()) + steps + 1, AttentionMeta::kPageSize); ++i)
+      s.pages.push_back(n_pages++);
+    seqs.push_back(s);
+  }
+  KvCache ref_cache = make_kv_cache(*backend, config, std::max(n_pages, 1));
+  KvCache ep_cache = make_kv_cache(*backend, config, std::max(n_pages, 1));
+  const int V = config.vocab_size;
+
+  std::vector<double> errs;
+  bool tokens_match = true;
+  int ran = 0, idle = 0;
+  for (int step = 0;; ++step) {
+    faulty.set_step(step);
+    const bool active = !seqs.empty() && step <= steps;
+    std::vector<StepChunk> chunks;
+    int T = 0;
+    if (active)
+      for (Sequence& s : seqs) {
+        chunks.push_back({&s.tokens, s.cached, int(s.tokens.size()) - s.cached, &s.pages, true});
+        T += chunks.back().count;
+      }
+    StepPlan plan = ep.begin_step(T, active);
+    if (plan.stop) break;
+    if (T == 0) {
+      if (plan.total_tokens > 0) model.idle_step();
+      ++idle;
+      continue;
+    }
+    StepInput in = upload_step(*backend, build_step(chunks));
+    const size_t rows = seqs.size();
+    std::vector<float> got(rows * V), want(rows * V);
+    backend->to_host(model.forward(in, ep_cache), got.data());
+    backend->to_host(reference.forward(in, ref_cache), want.data());
+    for (size_t i = 0; i < rows; ++i) {
+      const float* g = &got[i * V];
+      const float* w = &want[i * V];
+      auto [lo, hi] = std::minmax_element(w, w + V);
+      double err = 0;
+      for (int v = 0; v < V; ++v) err = std::max(err, double(std::fabs(g[v] - w[v])));
+      errs.push_back(err / (*hi - *lo));
+      // The greedy tokens agree unless the reference's best two are closer than the error.
+      std::vector<float> top(w, w + V);
+      std::partial_sort(top.begin(), top.begin() + 2, top.end(), std::greater<float>());
+      const int32_t best = int32_t(std::max_element(w, w + V) - w);
+      if (top[0] - top[1] > 2 * err && std::max_element(g, g + V) - g != best) {
+        std::fprintf(stderr, "rank %d step %d sequence %zu: token %d, the reference's %d\n", r,
+                     step, i, int(std::max_element(g, g + V) - g), best);
+        tokens_match = false;
+      }
+      seqs[i].cached = int(seqs[i].tokens.size());
+      seqs[i].tokens.push_back(best);
+    }
+    ++ran;
+  }
+  ep.finish();
+  std::sort(errs.begin(), errs.end());
+  const double worst = errs.empty() ? 0 : errs.back(),
+               median = errs.empty() ? 0 : errs[errs.size() / 2];
+  const bool ok = tokens_match && worst <= a.tolerance && median <= a.median_tolerance;
+  std::printf(
+      "rank %d of %d: %zu sequences, %d steps, %d idle steps, %lld tokens received (%s "
+      "payload), logit error/spread median %.2g worst %.2g: %s\n",
+      r, R, seqs.size(), ran, idle, (long long)ep.tokens_received(),
+      ep.fp8_payload() ? "fp8" : "activation", median, worst, ok ? "match" : "MISMATCH");
+  std::fflush(stdout);
+  return ok;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args a;
+  CLI::App app{"one rank of the expert-parallel tests (run under mpirun)"};
+  app.add_option("--model", a.model, "Checkpoint directory (default: a random model in memory)");
+  app.add_option("--prompt-tokens", a.prompt_tokens, "Random model: prompt length of each rank")
+      ->delimiter(',');
+  app.add_option("--decode-steps", a.decode_steps, "Decode steps of rank 0 (rank r: + r)");
+  app.add_flag("--fp8", a.fp8, "Random model: FP8 weights with block scales");
+  app.add_option("--payload", a.payload, "Dispatch payload: auto, fp8 or activation");
+  app.add_flag("--skew", a.skew, "Random model: route every token to rank 0's experts");
+  app.add_option("--redundant", a.redundant, "Redundant expert copies in all");
+  app.add_option("--tolerance", a.tolerance, "Largest logit error/spread accepted in any row");
+  app.add_option("--median-tolerance", a.median_tolerance, "... in the median row");
+  app.add_option("--timeout-ms", a.timeout_ms, "Collective timeout");
+  app.add_option("--fault", a.fault, "Fault to inject: exit, kill or hang");
+  app.add_option("--fault-rank", a.fault_rank, "Rank that fails");
+  app.add_option("--fault-step", a.fault_step, "Step at which it fails");
+  app.add_option("--fault-layer", a.fault_layer, "MoE layer in which it fails");
+  CLI11_PARSE(app, argc, argv);
+
+  std::unique_ptr<RankGroup> group;
+  try {
+    group = std::make_unique<RankGroup>("cpu", std::chrono::milliseconds(a.timeout_ms));
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+  bool ok = false;
+  try {
+    ok = run(a, *group);
+  } catch (const std::exception& e) {
+    group->abort(e.what());
+  }
+  return ok ? 0 : 1;
+}

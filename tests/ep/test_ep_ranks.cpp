@@ -1,0 +1,201 @@
+// Expert parallelism across real ranks: each test starts trident_ep_rank (or trident) under
+// mpirun, oversubscribed on however few cores there are, and checks what the ranks report.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <regex>
+#include <string>
+#include <vector>
+
+namespace {
+
+struct RankRun {
+  int exit_code = -1;  // 128 + signal when killed
+  std::string output;  // stdout and stderr together
+  double seconds = 0;
+};
+
+// `stderr_too`: capture stderr with stdout; otherwise it is dropped.
+RankRun shell(const std::string& command, bool stderr_too = true) {
+  setenv("OMP_NUM_THREADS", "1", 1);  // ranks share the cores; one thread each
+  auto t0 = std::chrono::steady_clock::now();
+  FILE* p = popen((command + (stderr_too ? " 2>&1" : " 2>/dev/null")).c_str(), "r");
+  RankRun r;
+  if (!p) return r;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.output.append(buf.data(), n);
+  int status = pclose(p);
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return r;
+}
+
+RankRun ranks(int n, const std::string& args) {
+  std::string mpirun = std::string(TRIDENT_MPIRUN) + " -np " + std::to_string(n) +
+                       " --oversubscribe --bind-to none" +
+                       (geteuid() == 0 ? " --allow-run-as-root" : "");
+  return shell(mpirun + " " + TRIDENT_EP_RANK + " " + args);
+}
+
+int count(const std::string& text, const std::string& what) {
+  int n = 0;
+  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+  return n;
+}
+
+// A model directory with a tokenizer for the command-line tests: the shipped small model, or a
+// golden fixture; empty when there is none.
+std::string model_with_tokenizer() {
+  namespace fs = std::filesystem;
+  std::vector<fs::path> candidates = {fs::path(TRIDENT_MODELS_DIR) / "trident-tiny"};
+  fs::path golden = fs::path(TRIDENT_TEST_DATA) / "golden";
+  if (fs::is_directory(golden))
+    for (const auto& d : fs::directory_iterator(golden)) candidates.push_back(d.path());
+  for (const fs::path& d : candidates)
+    if (fs::exists(d / "config.json") && fs::exists(d / "tokenizer.json")) return d.string();
+  return "";
+}
+
+// "rank R of N: ..., T tokens received ..." -> T
+long tokens_received(const std::string& output, int rank) {
+  std::smatch m;
+  std::regex re("rank " + std::to_string(rank) + " of \\d+: .*?, (\\d+) tokens received");
+  return std::regex_search(output, m, re) ? std::stol(m[1]) : -1;
+}
+
+}  // namespace
+
+TEST(EpRanks, TwoRanksGiveTheLogitsAndTokensOfOne) {
+  RankRun r = ranks(2, "--prompt-tokens 13,7");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(count(r.output, ": match"), 2) << r.output;
+}
+
+TEST(EpRanks, FourRanksWithDifferentBatchesAndAnIdleRankGiveTheLogitsOfOne) {
+  // Rank 1 has no request: it only serves its experts. Ranks decode different numbers of steps.
+  RankRun r = ranks(4, "--prompt-tokens 17,0,5,1");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(count(r.output, ": match"), 4) << r.output;
+  EXPECT_NE(r.output.find("rank 1 of 4: 0 sequences"), std::string::npos) << r.output;
+  EXPECT_GT(tokens_received(r.output, 1), 0) << r.output;
+}
+
+TEST(EpRanks, SkewedRoutingToOneRanksExpertsLeavesTheOthersNothingToCompute) {
+  RankRun r = ranks(4, "--prompt-tokens 9,4,0,6 --skew");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(count(r.output, ": match"), 4) << r.output;
+  EXPECT_GT(tokens_received(r.output, 0), 0) << r.output;
+  for (int rank = 1; rank < 4; ++rank) EXPECT_EQ(tokens_received(r.output, rank), 0) << r.output;
+}
+
+TEST(EpRanks, RedundantExpertCopiesGiveTheLogitsOfOne) {
+  RankRun r = ranks(4, "--prompt-tokens 9,4,3,6 --redundant 4");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(count(r.output, ": match"), 4) << r.output;
+}
+
+TEST(EpRanks, Fp8CheckpointSendsFp8TokensAndKeepsTheLogits) {
+  // FP8 experts quantize their input exactly as the payload is quantized; what remains is the
+  // order of sums, which FP8 re-quantization downstream can amplify, hence a looser bound.
+  RankRun r = ranks(2, "--prompt-tokens 20,11 --fp8 --tolerance 1e-3");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(count(r.output, "(fp8 payload)"), 2) << r.output;
+  EXPECT_EQ(count(r.output, ": match"), 2) << r.output;
+}
+
+// The golden fixtures (checkpoints on disk, several expert groups, BF16 and FP8): each rank loads
+// only its experts and takes every R-th golden prompt, so batches differ in size from rank to rank.
+class EpFixture : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(EpFixture, TwoAndFourRanksGiveTheLogitsAndTokensOfOne) {
+  const std::string dir = std::string(TRIDENT_TEST_DATA) + "/golden/" + GetParam();
+  for (int n : {2, 4}) {
+    RankRun r = ranks(n, "--model " + dir);
+    EXPECT_EQ(r.exit_code, 0) << n << " ranks\n" << r.output;
+    EXPECT_EQ(count(r.output, ": match"), n) << n << " ranks\n" << r.output;
+  }
+}
+
+std::vector<std::string> fixtures() {
+  namespace fs = std::filesystem;
+  std::vector<std::string> names;
+  fs::path golden = fs::path(TRIDENT_TEST_DATA) / "golden";
+  if (fs::is_directory(golden))
+    for (const auto& d : fs::directory_iterator(golden))
+      if (fs::exists(d.path() / "config.json")) names.push_back(d.path().filename().string());
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+INSTANTIATE_TEST_SUITE_P(Golden, EpFixture, ::testing::ValuesIn(fixtures()), [](const auto& info) {
+  std::string s = info.param;
+  std::replace(s.begin(), s.end(), '-', '_');
+  return s;
+});
+
+TEST(EpRanks, RedundantCopiesOfACheckpointsExpertsGiveTheLogitsOfOne) {
+  const std::vector<std::string> all = fixtures();
+  if (all.empty()) GTEST_SKIP() << "no fixture in tests/data/golden";
+  RankRun r = ranks(
+      4, "--model " + std::string(TRIDENT_TEST_DATA) + "/golden/" + all.front() + " --redundant 4");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(count(r.output, ": match"), 4) << r.output;
+}
+
+TEST(EpFaults, ARankThatExitsStopsTheOthersWellWithinTheTimeoutAndIsNamed) {
+  RankRun r = ranks(3, "--prompt-tokens 9,4,3 --fault exit --timeout-ms 30000");
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("error on rank 1: this rank is exiting"), std::string::npos) << r.output;
+  EXPECT_LT(r.seconds, 30.0) << r.output;
+}
+
+TEST(EpFaults, ARankThatIsKilledStopsTheOthersAndIsNamed) {
+  RankRun r = ranks(3, "--prompt-tokens 9,4,3 --fault kill --timeout-ms 30000");
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("process rank 1"), std::string::npos) << r.output;
+  EXPECT_LT(r.seconds, 30.0) << r.output;
+}
+
+TEST(EpFaults, ARankThatHangsIsNamedByTheOthersWhenTheTimeoutExpires) {
+  RankRun r = ranks(3, "--prompt-tokens 9,4,3 --fault hang --timeout-ms 2000");
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("rank 1 did not arrive at 'dispatch counts, layer 2' within 2 s"),
+            std::string::npos)
+      << r.output;
+  EXPECT_GE(r.seconds, 2.0);
+  EXPECT_LT(r.seconds, 20.0) << r.output;
+}
+
+TEST(EpCommand, EpTwoStartsTwoRanksUnderMpirunAndStopsThemAllOnAnError) {
+  // A directory with no model: each rank fails on its own and names itself; none waits forever.
+  std::filesystem::path empty = std::filesystem::temp_directory_path() / "trident-ep-empty-model";
+  std::filesystem::create_directories(empty);
+  RankRun r = shell(std::string(TRIDENT_BINARY) + " generate --model " + empty.string() +
+                    " --prompt hi --ep 2 --ep-timeout 20");
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find(" of 2: "), std::string::npos) << r.output;
+  EXPECT_LT(r.seconds, 20.0) << r.output;
+}
+
+TEST(EpCommand, GenerateGivesTheSameTextWithOneTwoAndFourRanks) {
+  const std::string model = model_with_tokenizer();
+  if (model.empty()) GTEST_SKIP() << "no model with a tokenizer in models/ or tests/data/golden/";
+  const std::string base = std::string(TRIDENT_BINARY) + " generate --model " + model +
+                           " --prompt 'The quick brown fox' --max-new-tokens 12 --ignore-eos";
+  RankRun one = shell(base + " --ep 1", false);
+  ASSERT_EQ(one.exit_code, 0) << one.output;
+  ASSERT_FALSE(one.output.empty());
+  for (int n : {2, 4}) {
+    RankRun many = shell(base + " --ep " + std::to_string(n), false);
+    EXPECT_EQ(many.exit_code, 0) << many.output;
+    EXPECT_EQ(many.output, one.output) << n << " ranks";
+  }
+}

@@ -1,0 +1,406 @@
+// The scheduler and the serving engine: continuous batching with chunked prefill, admission by
+// free pages, preemption, the prefix cache and KV fragmentation, checked on a stand-in model
+// that reads its "latents" back through the page tables (so a wrong page table, or a page freed
+// while still in use, changes the tokens), and on a real model against Engine::generate.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <random>
+#include <thread>
+
+#include "core/error.h"
+#include "runtime/engine.h"
+#include "runtime/scheduler.h"
+#include "runtime/serving_engine.h"
+
+using namespace trident;
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr int kPage = KvPagePool::kPageSize;
+constexpr int kVocab = 97;
+
+uint64_t mix(uint64_t h, int32_t token) { return (h ^ uint32_t(token)) * 1099511628211ull; }
+
+// Writes each token id into its KV slot; the logits of a token put all mass on a hash of the
+// tokens read back from the slots of positions 0..pos through the sequence's page table.
+class PagedHashModel : public StepModel {
+ public:
+  explicit PagedHashModel(int n_pages) : kv_(int64_t(n_pages) * kPage, -1) {}
+  int vocab_size() const override { return kVocab; }
+
+  const float* forward(const StepInput& in) override {
+    const AttentionMeta& m = in.meta;
+    const int32_t* ids = in.token_ids.ptr<int32_t>();
+    for (int t = 0; t < m.n_tokens; ++t) {
+      kv_.at(m.slot.ptr<int32_t>()[t]) = ids[t];
+      if (m.positions.ptr<int32_t>()[t] == 0) first_tokens.push_back(ids[t]);
+    }
+    const int L = int(in.logit_rows.numel());
+    logits_.assign(int64_t(L) * kVocab, 0.0f);
+    for (int r = 0; r < L; ++r) {
+      int t = in.logit_rows.ptr<int32_t>()[r];
+      int s = m.token_seq.ptr<int32_t>()[t], pos = m.positions.ptr<int32_t>()[t];
+      const int32_t* table = m.page_table.ptr<int32_t>() + int64_t(s) * m.max_pages_per_seq;
+      uint64_t h = 1469598103934665603ull;
+      for (int j = 0; j <= pos; ++j) h = mix(h, kv_.at(int64_t(table[j / kPage]) * kPage + j % kPage));
+      logits_[int64_t(r) * kVocab + h % kVocab] = 10.0f;
+    }
+    step_tokens.push_back(m.n_tokens);
+    step_seqs.push_back(m.n_seqs);
+    if (on_step) on_step();
+    return logits_.data();
+  }
+
+  std::vector<int> step_tokens, step_seqs;
+  std::vector<int32_t> first_tokens;  // of every prefill that starts at position 0, in order
+  std::function<void()> on_step;
+
+ private:
+  std::vector<int32_t> kv_;
+  std::vector<float> logits_;
+};
+
+// What PagedHashModel generates for a prompt when nothing goes wrong, computed without pages.
+std::vector<int32_t> expected_tokens(const std::vector<int32_t>& prompt, int n) {
+  std::vector<int32_t> tokens = prompt, out;
+  uint64_t h = 1469598103934665603ull;
+  size_t hashed = 0;
+  while (int(out.size()) < n) {
+    for (; hashed < tokens.size(); ++hashed) h = mix(h, tokens[hashed]);
+    int32_t next = int32_t(h % kVocab);
+    out.push_back(next);
+    tokens.push_back(next);
+  }
+  return out;
+}
+
+std::vector<int32_t> random_prompt(std::mt19937& rng, int len) {
+  std::vector<int32_t> p(len);
+  for (int32_t& t : p) t = int32_t(rng() % kVocab);
+  return p;
+}
+
+struct Outcome {
+  std::vector<int32_t> tokens;
+  RequestEnd end;
+};
+
+Outcome collect(RequestStream& stream, std::chrono::seconds limit = 60s) {
+  Outcome o;
+  std::vector<TokenEvent> events;
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  while (!stream.wait(events, 50ms)) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      ADD_FAILURE() << "request " << stream.id() << " did not end within " << limit.count() << " s";
+      stream.cancel();
+      return o;
+    }
+  }
+  for (const TokenEvent& e : events) o.tokens.push_back(e.token);
+  o.end = stream.ended();
+  return o;
+}
+
+GenerationRequest greedy(std::vector<int32_t> prompt, int max_new_tokens) {
+  GenerationRequest r;
+  r.prompt = std::move(prompt);
+  r.max_new_tokens = max_new_tokens;
+  return r;
+}
+
+ServingOptions options(int max_context, int step_tokens, int max_running = 64) {
+  ServingOptions o;
+  o.scheduler.max_context = max_context;
+  o.scheduler.step_tokens = step_tokens;
+  o.scheduler.max_running = max_running;
+  return o;
+}
+
+// Every page is free again or held by the prefix cache, and nothing cached is locked.
+void expect_no_page_held(const KvPagePool& pool, const ServingStats& s) {
+  EXPECT_EQ(pool.used_pages(), s.kv_pages_cached);
+  EXPECT_EQ(s.scheduler.running, 0);
+  EXPECT_EQ(s.in_flight, 0);
+}
+
+}  // namespace
+
+TEST(Scheduler, BatchedGreedyTokensMatchEachRequestAlone) {
+  std::mt19937 rng(1);
+  KvPagePool pool(256);
+  PagedHashModel model(pool.total_pages());
+  ServingEngine engine(model, pool, options(1024, 128));
+  std::vector<GenerationRequest> requests;
+  std::vector<std::shared_ptr<RequestStream>> streams;
+  for (int i = 0; i < 40; ++i) {
+    requests.push_back(greedy(random_prompt(rng, 1 + int(rng() % 300)), 1 + int(rng() % 40)));
+    streams.push_back(engine.submit(requests.back()));
+    ASSERT_NE(streams.back(), nullptr);
+  }
+  for (size_t i = 0; i < requests.size(); ++i) {
+    Outcome o = collect(*streams[i]);
+    EXPECT_EQ(o.tokens, expected_tokens(requests[i].prompt, requests[i].max_new_tokens)) << i;
+    EXPECT_EQ(o.end.finish_reason, "length");
+    EXPECT_EQ(o.end.completion_tokens, requests[i].max_new_tokens);
+  }
+  EXPECT_GT(*std::max_element(model.step_seqs.begin(), model.step_seqs.end()), 8)
+      << "the requests never ran together";
+  engine.stop();
+  expect_no_page_held(pool, engine.stats());
+}
+
+TEST(Scheduler, ChunkedPrefillKeepsStepsWithinTheTokenBudgetAndMixesDecodes) {
+  std::mt19937 rng(2);
+  KvPagePool pool(64);
+  PagedHashModel model(pool.total_pages());
+  model.on_step = [] { std::this_thread::sleep_for(100us); };
+  ServingEngine engine(model, pool, options(4096, 48));
+  auto a = greedy(random_prompt(rng, 5), 3000), b = greedy(random_prompt(rng, 700), 3);
+  auto sa = engine.submit(a);
+  // b arrives while a decodes: its prefill runs in chunks beside a's decodes.
+  std::vector<TokenEvent> first;
+  while (first.empty()) sa->wait(first, 50ms);
+  auto sb = engine.submit(b);
+  Outcome ob = collect(*sb);
+  sa->cancel();
+  collect(*sa);
+  EXPECT_EQ(ob.tokens, expected_tokens(b.prompt, 3));
+  EXPECT_LE(*std::max_element(model.step_tokens.begin(), model.step_tokens.end()), 48);
+  int mixed = 0;
+  for (size_t i = 0; i < model.step_tokens.size(); ++i)
+    mixed += model.step_seqs[i] == 2 && model.step_tokens[i] == 48;
+  EXPECT_GE(mixed, 700 / 47) << "b's prefill did not run in chunks beside a's decodes";
+}
+
+TEST(Scheduler, PreemptsWhenPagesRunOutAndLosesNoRequest) {
+  std::mt19937 rng(3);
+  // Room for one full-context sequence only: 16 requests of ~250 tokens must take turns.
+  const int context = 512;
+  KvPagePool pool(pages_for_tokens(context, kPage));
+  PagedHashModel model(pool.total_pages());
+  ServingOptions o = options(context, 256);
+  o.scheduler.prefix_cache = false;
+  ServingEngine engine(model, pool, o);
+  std::vector<GenerationRequest> requests;
+  std::vector<std::shared_ptr<RequestStream>> streams;
+  for (int i = 0; i < 16; ++i) {
+    requests.push_back(greedy(random_prompt(rng, 60 + int(rng() % 60)), 130 + int(rng() % 60)));
+    streams.push_back(engine.submit(requests.back()));
+  }
+  int preempted = 0;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    Outcome out = collect(*streams[i]);
+    EXPECT_EQ(out.tokens, expected_tokens(requests[i].prompt, requests[i].max_new_tokens)) << i;
+    preempted += out.end.preemptions;
+  }
+  EXPECT_GT(preempted, 0) << "the pool never ran short; the test does not test preemption";
+  EXPECT_EQ(engine.stats().scheduler.preemptions, preempted);
+  engine.stop();
+  EXPECT_EQ(pool.used_pages(), 0);
+}
+
+TEST(Scheduler, PreemptionWithThePrefixCacheKeepsTokensExact) {
+  std::mt19937 rng(4);
+  const int context = 512;
+  KvPagePool pool(pages_for_tokens(context, kPage) + 2);
+  PagedHashModel model(pool.total_pages());
+  ServingEngine engine(model, pool, options(context, 100));
+  std::vector<int32_t> shared = random_prompt(rng, 150);
+  std::vector<GenerationRequest> requests;
+  std::vector<std::shared_ptr<RequestStream>> streams;
+  for (int i = 0; i < 12; ++i) {
+    std::vector<int32_t> p = shared, tail = random_prompt(rng, 1 + int(rng() % 40));
+    p.insert(p.end(), tail.begin(), tail.end());
+    requests.push_back(greedy(p, 100 + int(rng() % 100)));
+    streams.push_back(engine.submit(requests.back()));
+  }
+  for (size_t i = 0; i < requests.size(); ++i)
+    EXPECT_EQ(collect(*streams[i]).tokens,
+              expected_tokens(requests[i].prompt, requests[i].max_new_tokens))
+        << i;
+  ServingStats s = engine.stats();
+  EXPECT_GT(s.scheduler.preemptions, 0);
+  EXPECT_GT(s.scheduler.cached_prompt_tokens, 0);
+  engine.stop();
+  expect_no_page_held(pool, engine.stats());
+}
+
+TEST(Scheduler, SharedPrefixesHitTheCacheAndGiveTheColdTokens) {
+  std::mt19937 rng(5);
+  KvPagePool pool(128);
+  PagedHashModel model(pool.total_pages());
+  ServingEngine engine(model, pool, options(2048, 256));
+  std::vector<int32_t> system = random_prompt(rng, 300);
+  int64_t prompt_tokens = 0;
+  for (int i = 0; i < 6; ++i) {
+    std::vector<int32_t> p = system, q = random_prompt(rng, 20);
+    p.insert(p.end(), q.begin(), q.end());
+    prompt_tokens += int64_t(p.size());
+    Outcome o = collect(*engine.submit(greedy(p, 8)));
+    EXPECT_EQ(o.tokens, expected_tokens(p, 8));
+    // The first request computes everything; the others find the 256 tokens of whole pages.
+    EXPECT_EQ(o.end.cached_prompt_tokens, i == 0 ? 0 : 4 * kPage) << i;
+  }
+  SchedulerStats s = engine.stats().scheduler;
+  EXPECT_EQ(s.prompt_tokens, prompt_tokens);
+  EXPECT_EQ(s.cached_prompt_tokens, 5 * 4 * kPage);
+  EXPECT_LT(s.computed_tokens, prompt_tokens);
+}
+
+TEST(Scheduler, FragmentationStaysUnderThreePercentForTwoThousandTokenRequests) {
+  std::mt19937 rng(6);
+  const int context = 4096;
+  KvPagePool pool(1024);
+  PagedHashModel model(pool.total_pages());
+  ServingOptions o = options(context, 2048, 32);
+  o.scheduler.prefix_cache = false;
+  ServingEngine engine(model, pool, o);
+  // Fragmentation (allocated but unused slots over allocated slots), sampled at every step.
+  int64_t unused = 0, allocated = 0;
+  double worst_loaded = 0;
+  model.on_step = [&] {
+    int64_t slots = int64_t(pool.used_pages()) * kPage;
+    unused += slots - pool.filled_slots();
+    allocated += slots;
+    if (model.step_seqs.back() >= 16) worst_loaded = std::max(worst_loaded, pool.fragmentation());
+  };
+  std::vector<std::shared_ptr<RequestStream>> streams;
+  int64_t total_len = 0;
+  for (int i = 0; i < 48; ++i) {
+    int prompt = 1500 + int(rng() % 900), out = 10 + int(rng() % 190);
+    total_len += prompt + out;
+    streams.push_back(engine.submit(greedy(random_prompt(rng, prompt), out)));
+  }
+  for (auto& s : streams) EXPECT_EQ(collect(*s).end.finish_reason, "length");
+  double mean_len = double(total_len) / 48;
+  EXPECT_NEAR(mean_len, 2000, 150);
+  double fragmentation = double(unused) / double(allocated);
+  EXPECT_LE(fragmentation, 0.03);
+  EXPECT_LE(worst_loaded, 0.03);
+  EXPECT_GT(fragmentation, 0.0) << "fragmentation is not measured";
+}
+
+TEST(Scheduler, CancellingARequestFreesItsPages) {
+  std::mt19937 rng(7);
+  KvPagePool pool(64);
+  PagedHashModel model(pool.total_pages());
+  ServingOptions o = options(2048, 64);
+  o.scheduler.prefix_cache = false;
+  ServingEngine engine(model, pool, o);
+  auto stream = engine.submit(greedy(random_prompt(rng, 500), 1000));
+  std::vector<TokenEvent> events;
+  while (events.empty()) stream->wait(events, 50ms);
+  EXPECT_GT(pool.used_pages(), 0);
+  stream->cancel();
+  Outcome out = collect(*stream);
+  EXPECT_EQ(out.end.finish_reason, "cancelled");
+  EXPECT_LT(events.size() + out.tokens.size(), 1000u);
+  auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (engine.stats().in_flight > 0 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(5ms);
+  EXPECT_EQ(engine.stats().kv_pages_used, 0);
+}
+
+TEST(Scheduler, WaitingRequestsStartInArrivalOrder) {
+  std::mt19937 rng(8);
+  KvPagePool pool(64);
+  PagedHashModel model(pool.total_pages());
+  // Request i's prompt starts with token i: the prefills that start at position 0, in step
+  // order, are the order requests were admitted in.
+  ServingEngine engine(model, pool, options(1024, 64, /*max_running=*/2));
+  std::vector<std::shared_ptr<RequestStream>> streams;
+  for (int i = 0; i < 12; ++i) {
+    std::vector<int32_t> p = random_prompt(rng, 10 + int(rng() % 50));
+    p[0] = i;
+    streams.push_back(engine.submit(greedy(p, 1 + int(rng() % 10))));
+  }
+  for (auto& s : streams) collect(*s);
+  ASSERT_EQ(model.first_tokens.size(), streams.size());
+  for (int i = 0; i < int(streams.size()); ++i) EXPECT_EQ(model.first_tokens[i], i);
+}
+
+TEST(Scheduler, RefusesRequestsBeyondTheLimitAndRequestsItCannotRun) {
+  KvPagePool pool(16);
+  PagedHashModel model(pool.total_pages());
+  ServingOptions o = options(512, 64);
+  o.max_requests = 2;
+  ServingEngine engine(model, pool, o);
+  auto a = engine.submit(greedy({1, 2, 3}, 200)), b = engine.submit(greedy({4, 5}, 200));
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+  EXPECT_EQ(engine.submit(greedy({6}, 5)), nullptr);
+  EXPECT_THROW(engine.submit(greedy({}, 5)), Error);
+  EXPECT_THROW(engine.submit(greedy(std::vector<int32_t>(512, 1), 5)), Error);
+  EXPECT_THROW(engine.submit(greedy({kVocab}, 5)), Error);
+  EXPECT_THROW(engine.submit(greedy({1}, 0)), Error);
+  a->cancel();
+  b->cancel();
+  collect(*a);
+  collect(*b);
+}
+
+TEST(Scheduler, StopsAtEndOfSequenceUnlessToldToIgnoreIt) {
+  std::vector<int32_t> prompt = {3, 1, 4, 1, 5};
+  std::vector<int32_t> cold = expected_tokens(prompt, 10);
+  KvPagePool pool(16);
+  PagedHashModel model(pool.total_pages());
+  ServingOptions o = options(512, 64);
+  o.eos_token_ids = {cold[3]};
+  ServingEngine engine(model, pool, o);
+  int first_eos = int(std::find(cold.begin(), cold.end(), cold[3]) - cold.begin());
+  Outcome stopped = collect(*engine.submit(greedy(prompt, 10)));
+  EXPECT_EQ(stopped.end.finish_reason, "stop");
+  EXPECT_EQ(int(stopped.tokens.size()), first_eos + 1);
+  GenerationRequest r = greedy(prompt, 10);
+  r.ignore_eos = true;
+  Outcome ignored = collect(*engine.submit(r));
+  EXPECT_EQ(ignored.end.finish_reason, "length");
+  EXPECT_EQ(ignored.tokens, cold);
+}
+
+TEST(Scheduler, PoolTooSmallForOneContextIsRefused) {
+  KvPagePool pool(4);
+  SchedulerOptions o;
+  o.max_context = 4 * kPage + 1;
+  EXPECT_THROW(Scheduler(pool, o), Error);
+}
+
+// On the real model (a tiny DeepSeek-V3 fixture), greedy tokens of requests batched with chunked
+// prefill, prefix-cache hits and decodes are the tokens Engine::generate gives each alone.
+TEST(Scheduler, RealModelBatchedGreedyMatchesGenerateAlone) {
+  std::filesystem::path dir = std::filesystem::path(TRIDENT_TEST_DATA) / "golden/v3-yarn-bf16";
+  if (!std::filesystem::exists(dir / "config.json")) GTEST_SKIP() << "no fixture at " << dir;
+  EngineOptions eo;
+  eo.model_dir = dir;
+  eo.max_context = 256;
+  eo.kv_pages = 24;
+  Engine engine(eo);
+  std::mt19937 rng(9);
+  const int vocab = engine.config().vocab_size;
+  std::vector<int32_t> shared(100);
+  for (int32_t& t : shared) t = int32_t(rng() % vocab);
+  std::vector<GenerationRequest> requests;
+  std::vector<std::vector<int32_t>> alone;
+  for (int i = 0; i < 10; ++i) {
+    std::vector<int32_t> p = i % 2 ? shared : std::vector<int32_t>{};
+    int extra = 1 + int(rng() % 90);
+    for (int j = 0; j < extra; ++j) p.push_back(int32_t(rng() % vocab));
+    GenerationRequest r = greedy(p, 6 + int(rng() % 20));
+    r.ignore_eos = true;
+    requests.push_back(r);
+    GenerateOptions go;
+    go.max_new_tokens = r.max_new_tokens;
+    go.stop_at_eos = false;
+    alone.push_back(engine.generate(p, go).tokens);
+  }
+  EngineStepModel model(engine);
+  ServingEngine serving(model, engine.pool(), options(eo.max_context, 40));
+  std::vector<std::shared_ptr<RequestStream>> streams;
+  for (auto& r : requests) streams.push_back(serving.submit(r));
+  for (size_t i = 0; i < requests.size(); ++i) EXPECT_EQ(collect(*streams[i]).tokens, alone[i]) << i;
+  EXPECT_GT(serving.stats().scheduler.cached_prompt_tokens, 0);
+}
