@@ -111,7 +111,7 @@ TEST(OpenAiProtocol, MalformedBodiesAreRefused) {
   expect_refused(R"({"prompt": "x",)", {"not valid JSON", "line 1"});
   expect_refused(R"([1, 2])", {"JSON object", "array"});
   expect_refused("", {"not valid JSON"});
-  expect_refused("{\"prompt\": \"caf\xc3\x28\"}", {"UTF-8", "offset 13"});
+  expect_refused("{\"prompt\": \"caf\xc3\x28\"}", {"UTF-8", "0xc3 at offset 15"});
 }
 
 TEST(OpenAiProtocol, WrongTypesAndValuesNameTheFieldAndTheValue) {

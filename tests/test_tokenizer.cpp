@@ -131,17 +131,21 @@ TEST_P(TokenizerFixture, EncodesEveryTextToHuggingFaceIds) {
 }
 
 TEST_P(TokenizerFixture, DecodeOfEncodeGivesBackTheText) {
+  if (!expected(GetParam())["round_trips"])
+    GTEST_SKIP() << "added tokens that strip whitespace drop it, in `tokenizers` too";
   for (const json& c : cases()) {
     const std::string text = c["text"];
     EXPECT_EQ(tokenizer().decode(tokenizer().encode(text)), text) << shown(text);
   }
 }
 
-TEST_P(TokenizerFixture, DecodeSkippingSpecialTokensMatchesHuggingFace) {
-  for (const json& c : cases())
-    EXPECT_EQ(tokenizer().decode(c["ids"].get<std::vector<int32_t>>(), true),
-              c["decoded_skip_special"].get<std::string>())
+TEST_P(TokenizerFixture, DecodeMatchesHuggingFaceWithAndWithoutSpecialTokens) {
+  for (const json& c : cases()) {
+    const auto ids = c["ids"].get<std::vector<int32_t>>();
+    EXPECT_EQ(tokenizer().decode(ids), c["decoded"].get<std::string>()) << shown(c["text"]);
+    EXPECT_EQ(tokenizer().decode(ids, true), c["decoded_skip_special"].get<std::string>())
         << shown(c["text"]);
+  }
 }
 
 TEST_P(TokenizerFixture, SingleTokenDecodesMatchHuggingFaceIncludingPartialCharacters) {

@@ -266,13 +266,15 @@ def expected_encodings(name: str, directory: Path, scratch: Path) -> dict:
     def content(token):
         return token["content"] if isinstance(token, dict) else token
 
+    # Added tokens that strip the whitespace around them lose it for good.
+    round_trips = not any(t.lstrip or t.rstrip for t in tokenizer.get_added_tokens_decoder().values())
     cases = []
     for text in fixture_texts():
         ids = tokenizer.encode(text, add_special_tokens=False).ids
         decoded = tokenizer.decode(ids, skip_special_tokens=False)
-        if decoded != text:
+        if round_trips and decoded != text:
             raise SystemExit(f"{name}: tokenizers itself does not round-trip {text!r}")
-        cases.append({"text": text, "ids": ids,
+        cases.append({"text": text, "ids": ids, "decoded": decoded,
                       "decoded_skip_special": tokenizer.decode(ids, skip_special_tokens=True)})
 
     vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
@@ -280,6 +282,7 @@ def expected_encodings(name: str, directory: Path, scratch: Path) -> dict:
     single = sorted(set(range(min(vocab_size, 600))) | set(range(0, vocab_size, 97)) | set(added_ids))
     return {
         "tokenizer": name,
+        "round_trips": round_trips,
         "vocab_size": vocab_size,
         "bos_id": tokenizer.token_to_id(content(config["bos_token"])),
         "eos_id": tokenizer.token_to_id(content(config["eos_token"])),

@@ -508,6 +508,8 @@ def main():
                     help="of each novel's paragraphs, for each of validation and test")
     ap.add_argument("--chat-fraction", type=float, default=0.1)
     ap.add_argument("--eval-every", type=int, default=100)
+    ap.add_argument("--eval-windows", type=int, default=0,
+                    help="score only this many held-out windows (0: all; less for a quick trial)")
     ap.add_argument("--max-bytes", type=int, default=25 * 2**20,
                     help="refuse to finish if the two exported folders together are larger")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -546,8 +548,9 @@ def main():
         chats = chat_turns(tokenizer, splits["train"], bos_id, eos_id, args.seq_len)
         batches = Batches(*streams["train"], chats, bos_id, args.seq_len, args.batch_size,
                           args.chat_fraction, args.seed)
-        val = eval_windows(streams["validation"][0], bos_id, args.seq_len)
-        test = eval_windows(streams["test"][0], bos_id, args.seq_len)
+        limit = args.eval_windows or None
+        val = tuple(t[:limit] for t in eval_windows(streams["validation"][0], bos_id, args.seq_len))
+        test = tuple(t[:limit] for t in eval_windows(streams["test"][0], bos_id, args.seq_len))
 
         config = model_config(vocab, bos_id, eos_id)
         model = build_model(config, device, args.seed)
