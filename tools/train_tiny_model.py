@@ -258,19 +258,20 @@ class LoadBalancer:
         def hook(module, args, output):
             if module.training:
                 topk_indices = output[2]
-                self.counts[i] += torch.bincount(topk_indices.flatten(),
-                                                 minlength=module.num_experts).float()
+                # one_hot + sum rather than bincount: bincount's CUDA kernel is not deterministic
+                self.counts[i] += F.one_hot(topk_indices.flatten(), module.num_experts).sum(0).float()
         return hook
 
     @torch.no_grad()
     def update(self):
-        """Applies one bias update; returns each layer's max/mean load ratio for this step."""
+        """Applies one bias update; returns each layer's max/mean load ratio for this step (a
+        tensor, so that the GPU need not stop for it)."""
         imbalance = []
         for gate, counts in zip(self.routers, self.counts):
             gate.e_score_correction_bias += self.speed * torch.sign(counts.mean() - counts)
-            imbalance.append((counts.max() / counts.mean().clamp(min=1)).item())
+            imbalance.append(counts.max() / counts.mean().clamp(min=1))
             counts.zero_()
-        return imbalance
+        return torch.stack(imbalance)
 
 
 def build_model(config, device, seed):
@@ -309,7 +310,7 @@ def evaluate(model, inputs, labels, device, batch_size, autocast):
     return total / count
 
 
-def train(model, batches, val, args, device, log):
+def train(model, batches, val, args, device, log, steps):
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n
              and not n.endswith("gate.weight")]
     no_decay = [p for n, p in model.named_parameters() if not any(p is d for d in decay)]
@@ -317,12 +318,12 @@ def train(model, batches, val, args, device, log):
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.95), eps=1e-8,
                             fused=device.type == "cuda")
-    warmup = max(1, args.steps // 20)
+    warmup = max(1, steps // 20)
 
     def lr_at(step):
         if step < warmup:
             return args.lr * (step + 1) / warmup
-        progress = (step - warmup) / max(1, args.steps - warmup)
+        progress = (step - warmup) / max(1, steps - warmup)
         return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
     balancer = LoadBalancer(model, args.bias_update_speed)
@@ -330,7 +331,7 @@ def train(model, batches, val, args, device, log):
     best = (float("inf"), -1, None)
     start = time.time()
     model.train()
-    for step in range(args.steps):
+    for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
         inputs, labels = batches.next()
@@ -342,7 +343,11 @@ def train(model, batches, val, args, device, log):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         imbalance = balancer.update()
-        last = step == args.steps - 1
+        out_of_time = args.time_limit and time.time() - start > args.time_limit
+        if out_of_time:
+            log(f"stopping at step {step + 1} of {steps}: --time-limit {args.time_limit}s "
+                "reached (a run cut short by time is not reproducible step for step)")
+        last = step == steps - 1 or out_of_time
         if (step + 1) % args.eval_every == 0 or last:
             val_loss = evaluate(model, *val, device, args.batch_size, autocast)
             if val_loss < best[0]:
@@ -350,7 +355,9 @@ def train(model, batches, val, args, device, log):
                                              model.state_dict().items()})
             log(f"step {step + 1:5d}  train loss {loss.item():.3f}  val loss {val_loss:.3f} "
                 f"(ppl {math.exp(val_loss):.1f})  lr {lr_at(step):.2e}  max/mean expert load "
-                f"{'/'.join(f'{x:.2f}' for x in imbalance)}  {time.time() - start:.0f}s")
+                f"{'/'.join(f'{x:.2f}' for x in imbalance.tolist())}  {time.time() - start:.0f}s")
+        if out_of_time:
+            break
     return best
 
 
@@ -365,15 +372,31 @@ def write_generation_config(out_dir, bos_id, eos_id):
         f.write("\n")
 
 
+# The fields of DeepSeek-V3's own config.json (transformers adds generic ones that it lacks).
+RELEASE_CONFIG_FIELDS = (
+    "attention_bias", "attention_dropout", "bos_token_id", "eos_token_id", "first_k_dense_replace",
+    "hidden_act", "hidden_size", "initializer_range", "intermediate_size", "kv_lora_rank",
+    "max_position_embeddings", "moe_intermediate_size", "n_group", "n_routed_experts",
+    "n_shared_experts", "norm_topk_prob", "num_attention_heads", "num_experts_per_tok",
+    "num_hidden_layers", "num_key_value_heads", "num_nextn_predict_layers", "q_lora_rank",
+    "qk_nope_head_dim", "qk_rope_head_dim", "rms_norm_eps", "rope_interleave", "rope_parameters",
+    "rope_scaling", "rope_theta", "routed_scaling_factor", "tie_word_embeddings", "topk_group",
+    "use_cache", "v_head_dim", "vocab_size")
+
+
+def release_config_dict(config):
+    """config.json as DeepSeek-V3's release spells it (checkpoint_export turns rope_parameters
+    back into rope_theta and rope_scaling)."""
+    full = config.to_dict()
+    out = {k: full[k] for k in RELEASE_CONFIG_FIELDS if k in full}
+    out.update(architectures=["DeepseekV3ForCausalLM"], model_type="deepseek_v3",
+               torch_dtype="bfloat16", scoring_func="sigmoid", topk_method="noaux_tc",
+               moe_layer_freq=1, ep_size=1)
+    return out
+
+
 def export_model(state_dict, config, tokenizer_dir, out_dir, fp8, bos_id, eos_id):
-    config_dict = config.to_dict()
-    config_dict["architectures"] = ["DeepseekV3ForCausalLM"]
-    config_dict["model_type"] = "deepseek_v3"
-    config_dict["torch_dtype"] = "bfloat16"
-    for key in ("_attn_implementation", "_experts_implementation", "attn_implementation",
-                "transformers_version", "dtype", "output_router_logits", "qk_head_dim",
-                "head_dim", "_name_or_path"):
-        config_dict.pop(key, None)
+    config_dict = release_config_dict(config)
     if os.path.isdir(out_dir):
         shutil.rmtree(out_dir)
     export_checkpoint({k: v.cpu() for k, v in state_dict.items()}, config_dict, out_dir, fp8=fp8,
@@ -508,9 +531,13 @@ def main():
                     help="of each novel's paragraphs, for each of validation and test")
     ap.add_argument("--chat-fraction", type=float, default=0.1)
     ap.add_argument("--eval-every", type=int, default=100)
+    ap.add_argument("--check-determinism", type=int, default=0, metavar="STEPS",
+                    help="first train this many steps twice and report whether the weights match")
+    ap.add_argument("--time-limit", type=float, default=0,
+                    help="stop training after this many seconds (0: never), keeping the best step")
     ap.add_argument("--eval-windows", type=int, default=0,
                     help="score only this many held-out windows (0: all; less for a quick trial)")
-    ap.add_argument("--max-bytes", type=int, default=25 * 2**20,
+    ap.add_argument("--max-bytes", type=int, default=25 * 10**6,
                     help="refuse to finish if the two exported folders together are larger")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--report", help="write the perplexities and samples here as JSON")
@@ -518,7 +545,9 @@ def main():
 
     from tokenizers import Tokenizer
 
-    torch.use_deterministic_algorithms(True)
+    # warn_only: an op without a deterministic kernel warns instead of stopping the run; the
+    # --check-determinism run is what shows that the result repeats.
+    torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     device = torch.device(args.device)
@@ -546,18 +575,29 @@ def main():
         for k, (ids, starts) in streams.items():
             log(f"{k}: {len(starts)} paragraphs, {len(ids):,} tokens")
         chats = chat_turns(tokenizer, splits["train"], bos_id, eos_id, args.seq_len)
-        batches = Batches(*streams["train"], chats, bos_id, args.seq_len, args.batch_size,
-                          args.chat_fraction, args.seed)
         limit = args.eval_windows or None
         val = tuple(t[:limit] for t in eval_windows(streams["validation"][0], bos_id, args.seq_len))
         test = tuple(t[:limit] for t in eval_windows(streams["test"][0], bos_id, args.seq_len))
 
         config = model_config(vocab, bos_id, eos_id)
-        model = build_model(config, device, args.seed)
+
+        def training_run(steps):
+            batches = Batches(*streams["train"], chats, bos_id, args.seq_len, args.batch_size,
+                              args.chat_fraction, args.seed)
+            model = build_model(config, device, args.seed)
+            log(f"model: {sum(p.numel() for p in model.parameters()):,} parameters; training "
+                f"{steps} steps of {args.batch_size}x{args.seq_len} tokens on {device}")
+            return model, train(model, batches, val, args, device, log, steps)
+
+        deterministic = None
+        if args.check_determinism:
+            log(f"determinism check: training {args.check_determinism} steps twice")
+            first, second = (training_run(args.check_determinism)[0].state_dict() for _ in range(2))
+            deterministic = all(torch.equal(first[k], second[k]) for k in first)
+            log(f"determinism check: the two runs' weights are "
+                f"{'bitwise identical' if deterministic else 'DIFFERENT'}")
+        model, (best_loss, best_step, best_state) = training_run(args.steps)
         n_params = sum(p.numel() for p in model.parameters())
-        log(f"model: {n_params:,} parameters; training {args.steps} steps of "
-            f"{args.batch_size}x{args.seq_len} tokens on {device}")
-        best_loss, best_step, best_state = train(model, batches, val, args, device, log)
         log(f"best validation loss {best_loss:.3f} (ppl {math.exp(best_loss):.2f}) at step {best_step}")
 
         bf16_dir = os.path.join(args.out, args.name)
@@ -573,6 +613,7 @@ def main():
                          f"{args.max_bytes:,}: shrink the model in model_config()")
 
     report = {"seed": args.seed, "steps": args.steps, "best_step": best_step,
+              "deterministic": deterministic,
               "validation_loss": best_loss, "parameters": n_params, "vocab_size": vocab,
               "test_tokens": int((test[1] != -100).sum()), "sizes_bytes": sizes,
               "train_tokens": len(streams["train"][0]), "device": str(device)}
