@@ -385,11 +385,11 @@ TEST(Scheduler, RealModelBatchedGreedyMatchesGenerateAlone) {
   for (int32_t& t : shared) t = int32_t(rng() % vocab);
   std::vector<GenerationRequest> requests;
   std::vector<std::vector<int32_t>> alone;
-  for (int i = 0; i < 10; ++i) {
+  for (int i = 0; i < 6; ++i) {
     std::vector<int32_t> p = i % 2 ? shared : std::vector<int32_t>{};
     int extra = 1 + int(rng() % 90);
     for (int j = 0; j < extra; ++j) p.push_back(int32_t(rng() % vocab));
-    GenerationRequest r = greedy(p, 6 + int(rng() % 20));
+    GenerationRequest r = greedy(p, 4 + int(rng() % 8));
     r.ignore_eos = true;
     requests.push_back(r);
     GenerateOptions go;

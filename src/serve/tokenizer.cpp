@@ -402,8 +402,6 @@ std::string type_of(const json& step) {
   return step.is_object() ? step.value("type", std::string("(no type)")) : step.dump();
 }
 
-}  // namespace
-
 // Lets maps keyed by std::string be searched with a string_view, without a copy.
 struct StringHash {
   using is_transparent = void;
@@ -411,6 +409,8 @@ struct StringHash {
 };
 template <class V>
 using StringMap = std::unordered_map<std::string, V, StringHash, std::equal_to<>>;
+
+}  // namespace
 
 struct Tokenizer::Impl {
   std::string source;  // tokenizer.json's path, for messages
