@@ -22,7 +22,7 @@ fi
 
 # Python packages used by the build (Triton compiles the GPU kernels ahead of time) and by the
 # tests that talk to the server with real clients.
-PY_PACKAGES=(triton==3.6.0 openai)
+PY_PACKAGES=(triton==3.6.0 openai pytest)
 py_missing=()
 for p in "${PY_PACKAGES[@]}"; do
   name="${p%%=*}"

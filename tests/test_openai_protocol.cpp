@@ -54,7 +54,8 @@ TEST(OpenAiProtocol, ParsesACompletionRequest) {
 }
 
 TEST(OpenAiProtocol, DefaultsFollowOpenAi) {
-  CompletionRequest r = parse_completion_request(R"({"prompt": "x", "max_tokens": null, "stop": null})");
+  CompletionRequest r =
+      parse_completion_request(R"({"prompt": "x", "max_tokens": null, "stop": null})");
   EXPECT_FALSE(r.max_tokens);
   EXPECT_FLOAT_EQ(r.temperature, 1.0f);
   EXPECT_FLOAT_EQ(r.top_p, 1.0f);
@@ -124,7 +125,8 @@ TEST(OpenAiProtocol, WrongTypesAndValuesNameTheFieldAndTheValue) {
   expect_refused(R"({"prompt": "x", "top_k": -3})", {"'top_k'", "-3"});
   expect_refused(R"({"prompt": "x", "stop": 1})", {"'stop'"});
   expect_refused(R"({"prompt": "x", "stop": ["a", 2]})", {"stop[1]"});
-  expect_refused(R"({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]})", {"5 strings", "at most 4"});
+  expect_refused(R"({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]})",
+                 {"5 strings", "at most 4"});
   expect_refused(R"({"prompt": "x", "stop": [""]})", {"empty"});
   expect_refused(R"({"prompt": "x", "stream": 1})", {"'stream'", "boolean"});
   expect_refused(R"({"prompt": "x", "logprobs": 21})", {"'logprobs'", "20"});
@@ -160,12 +162,13 @@ TEST(OpenAiProtocol, MaxTokensMustFitTheLimitAndTheContext) {
 
 TEST(OpenAiProtocol, Utf8Validation) {
   EXPECT_EQ(invalid_utf8_offset("plain ascii"), std::string_view::npos);
-  EXPECT_EQ(invalid_utf8_offset("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80"), std::string_view::npos);
+  EXPECT_EQ(invalid_utf8_offset("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80"),
+            std::string_view::npos);
   EXPECT_EQ(invalid_utf8_offset("ab\xff"), 2u);
-  EXPECT_EQ(invalid_utf8_offset("ab\xc3"), 2u);             // truncated
-  EXPECT_EQ(invalid_utf8_offset("\xc0\xaf"), 0u);           // overlong
-  EXPECT_EQ(invalid_utf8_offset("x\xed\xa0\x80"), 1u);      // a UTF-16 surrogate
-  EXPECT_EQ(invalid_utf8_offset("\xf4\x90\x80\x80"), 0u);   // past U+10FFFF
+  EXPECT_EQ(invalid_utf8_offset("ab\xc3"), 2u);            // truncated
+  EXPECT_EQ(invalid_utf8_offset("\xc0\xaf"), 0u);          // overlong
+  EXPECT_EQ(invalid_utf8_offset("x\xed\xa0\x80"), 1u);     // a UTF-16 surrogate
+  EXPECT_EQ(invalid_utf8_offset("\xf4\x90\x80\x80"), 0u);  // past U+10FFFF
   EXPECT_EQ(valid_utf8("a\xffz\xc3"), "a\xef\xbf\xbdz\xef\xbf\xbd");
 }
 
@@ -193,8 +196,8 @@ TEST(OpenAiProtocol, StopStringsCutTheTextAndHoldBackPossibleStarts) {
 }
 
 TEST(OpenAiProtocol, ErrorBodiesFollowOpenAi) {
-  json e = json::parse(error_body(ApiError(404, "invalid_request_error", "no such model", "model",
-                                           "model_not_found")));
+  json e = json::parse(error_body(
+      ApiError(404, "invalid_request_error", "no such model", "model", "model_not_found")));
   EXPECT_EQ(e["error"]["message"], "no such model");
   EXPECT_EQ(e["error"]["type"], "invalid_request_error");
   EXPECT_EQ(e["error"]["param"], "model");

@@ -97,7 +97,8 @@ TEST(PrefixCache, EvictsTheLeastRecentlyUsedLeavesFirst) {
   // Two sequences share a first page and branch: root -> s -> {a, b}; c stands alone.
   std::vector<int32_t> sa = tokens(2 * P, 1), sb = sa, sc = tokens(P, 3);
   for (int i = P; i < 2 * P; ++i) sb[i] = -i;
-  std::vector<int32_t> pa = filled_pages(pool, 2), pb = filled_pages(pool, 2), pc = filled_pages(pool, 1);
+  std::vector<int32_t> pa = filled_pages(pool, 2), pb = filled_pages(pool, 2),
+                       pc = filled_pages(pool, 1);
   cache.unlock(cache.insert(sa, 2, pa, nullptr));
   cache.unlock(cache.insert(sb, 2, pb, nullptr));  // its first page is a's: one duplicate freed
   cache.unlock(cache.insert(sc, 1, pc, nullptr));
@@ -105,7 +106,7 @@ TEST(PrefixCache, EvictsTheLeastRecentlyUsedLeavesFirst) {
   // Use a again: b's branch and c are older.
   cache.unlock(cache.match(sa).node);
 
-  EXPECT_EQ(cache.evict(1), 1);  // b's leaf (older than c)
+  EXPECT_EQ(cache.evict(1), 1);             // b's leaf (older than c)
   PrefixCache::Match mb = cache.match(sb);  // touches the shared page only
   EXPECT_EQ(mb.tokens(), P);
   cache.unlock(mb.node);

@@ -6,7 +6,9 @@
 
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
 #include <filesystem>
+#include <mutex>
 #include <random>
 #include <thread>
 
@@ -46,7 +48,8 @@ class PagedHashModel : public StepModel {
       int s = m.token_seq.ptr<int32_t>()[t], pos = m.positions.ptr<int32_t>()[t];
       const int32_t* table = m.page_table.ptr<int32_t>() + int64_t(s) * m.max_pages_per_seq;
       uint64_t h = 1469598103934665603ull;
-      for (int j = 0; j <= pos; ++j) h = mix(h, kv_.at(int64_t(table[j / kPage]) * kPage + j % kPage));
+      for (int j = 0; j <= pos; ++j)
+        h = mix(h, kv_.at(int64_t(table[j / kPage]) * kPage + j % kPage));
       logits_[int64_t(r) * kVocab + h % kVocab] = 10.0f;
     }
     step_tokens.push_back(m.n_tokens);
@@ -83,6 +86,28 @@ std::vector<int32_t> random_prompt(std::mt19937& rng, int len) {
   for (int32_t& t : p) t = int32_t(rng() % kVocab);
   return p;
 }
+
+// Holds the engine thread inside a step until the test opens it, so that what the test does
+// (submitting, cancelling) lands between known steps however the threads are scheduled.
+class Gate {
+ public:
+  void wait() {
+    std::unique_lock lock(mutex_);
+    opened_.wait(lock, [&] { return open_; });
+  }
+  void open() {
+    {
+      std::lock_guard lock(mutex_);
+      open_ = true;
+    }
+    opened_.notify_all();
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable opened_;
+  bool open_ = false;
+};
 
 struct Outcome {
   std::vector<int32_t> tokens;
@@ -133,14 +158,19 @@ TEST(Scheduler, BatchedGreedyTokensMatchEachRequestAlone) {
   std::mt19937 rng(1);
   KvPagePool pool(256);
   PagedHashModel model(pool.total_pages());
+  // The first step waits for every request: they all run together from the second on.
+  Gate all_submitted;
+  model.on_step = [&] {
+    if (model.step_tokens.size() == 1) all_submitted.wait();
+  };
   ServingEngine engine(model, pool, options(1024, 128));
   std::vector<GenerationRequest> requests;
   std::vector<std::shared_ptr<RequestStream>> streams;
   for (int i = 0; i < 40; ++i) {
     requests.push_back(greedy(random_prompt(rng, 1 + int(rng() % 300)), 1 + int(rng() % 40)));
     streams.push_back(engine.submit(requests.back()));
-    ASSERT_NE(streams.back(), nullptr);
   }
+  all_submitted.open();
   for (size_t i = 0; i < requests.size(); ++i) {
     Outcome o = collect(*streams[i]);
     EXPECT_EQ(o.tokens, expected_tokens(requests[i].prompt, requests[i].max_new_tokens)) << i;
@@ -157,14 +187,19 @@ TEST(Scheduler, ChunkedPrefillKeepsStepsWithinTheTokenBudgetAndMixesDecodes) {
   std::mt19937 rng(2);
   KvPagePool pool(64);
   PagedHashModel model(pool.total_pages());
-  model.on_step = [] { std::this_thread::sleep_for(100us); };
+  Gate b_submitted;
+  model.on_step = [&] {
+    if (model.step_tokens.size() == 2) b_submitted.wait();
+  };
   ServingEngine engine(model, pool, options(4096, 48));
   auto a = greedy(random_prompt(rng, 5), 3000), b = greedy(random_prompt(rng, 700), 3);
   auto sa = engine.submit(a);
-  // b arrives while a decodes: its prefill runs in chunks beside a's decodes.
+  // b arrives while a decodes (the engine waits in a's first decode step for it): b's prefill
+  // runs in chunks beside a's decodes.
   std::vector<TokenEvent> first;
   while (first.empty()) sa->wait(first, 50ms);
   auto sb = engine.submit(b);
+  b_submitted.open();
   Outcome ob = collect(*sb);
   sa->cancel();
   collect(*sa);
@@ -184,6 +219,10 @@ TEST(Scheduler, PreemptsWhenPagesRunOutAndLosesNoRequest) {
   PagedHashModel model(pool.total_pages());
   ServingOptions o = options(context, 256);
   o.scheduler.prefix_cache = false;
+  Gate all_submitted;
+  model.on_step = [&] {
+    if (model.step_tokens.size() == 1) all_submitted.wait();
+  };
   ServingEngine engine(model, pool, o);
   std::vector<GenerationRequest> requests;
   std::vector<std::shared_ptr<RequestStream>> streams;
@@ -191,6 +230,7 @@ TEST(Scheduler, PreemptsWhenPagesRunOutAndLosesNoRequest) {
     requests.push_back(greedy(random_prompt(rng, 60 + int(rng() % 60)), 130 + int(rng() % 60)));
     streams.push_back(engine.submit(requests.back()));
   }
+  all_submitted.open();
   int preempted = 0;
   for (size_t i = 0; i < requests.size(); ++i) {
     Outcome out = collect(*streams[i]);
@@ -208,6 +248,10 @@ TEST(Scheduler, PreemptionWithThePrefixCacheKeepsTokensExact) {
   const int context = 512;
   KvPagePool pool(pages_for_tokens(context, kPage) + 2);
   PagedHashModel model(pool.total_pages());
+  Gate all_submitted;
+  model.on_step = [&] {
+    if (model.step_tokens.size() == 1) all_submitted.wait();
+  };
   ServingEngine engine(model, pool, options(context, 100));
   std::vector<int32_t> shared = random_prompt(rng, 150);
   std::vector<GenerationRequest> requests;
@@ -218,6 +262,7 @@ TEST(Scheduler, PreemptionWithThePrefixCacheKeepsTokensExact) {
     requests.push_back(greedy(p, 100 + int(rng() % 100)));
     streams.push_back(engine.submit(requests.back()));
   }
+  all_submitted.open();
   for (size_t i = 0; i < requests.size(); ++i)
     EXPECT_EQ(collect(*streams[i]).tokens,
               expected_tokens(requests[i].prompt, requests[i].max_new_tokens))
@@ -262,7 +307,9 @@ TEST(Scheduler, FragmentationStaysUnderThreePercentForTwoThousandTokenRequests) 
   // Fragmentation (allocated but unused slots over allocated slots), sampled at every step.
   int64_t unused = 0, allocated = 0;
   double worst_loaded = 0;
+  Gate all_submitted;
   model.on_step = [&] {
+    if (model.step_tokens.size() == 1) all_submitted.wait();
     int64_t slots = int64_t(pool.used_pages()) * kPage;
     unused += slots - pool.filled_slots();
     allocated += slots;
@@ -275,6 +322,7 @@ TEST(Scheduler, FragmentationStaysUnderThreePercentForTwoThousandTokenRequests) 
     total_len += prompt + out;
     streams.push_back(engine.submit(greedy(random_prompt(rng, prompt), out)));
   }
+  all_submitted.open();
   for (auto& s : streams) EXPECT_EQ(collect(*s).end.finish_reason, "length");
   double mean_len = double(total_len) / 48;
   EXPECT_NEAR(mean_len, 2000, 150);
@@ -290,15 +338,20 @@ TEST(Scheduler, CancellingARequestFreesItsPages) {
   PagedHashModel model(pool.total_pages());
   ServingOptions o = options(2048, 64);
   o.scheduler.prefix_cache = false;
+  Gate cancelled;
+  model.on_step = [&] {
+    if (model.step_tokens.size() == 10) cancelled.wait();
+  };
   ServingEngine engine(model, pool, o);
   auto stream = engine.submit(greedy(random_prompt(rng, 500), 1000));
   std::vector<TokenEvent> events;
   while (events.empty()) stream->wait(events, 50ms);
-  EXPECT_GT(pool.used_pages(), 0);
+  EXPECT_GT(engine.stats().kv_pages_used, 0);
   stream->cancel();
+  cancelled.open();
   Outcome out = collect(*stream);
   EXPECT_EQ(out.end.finish_reason, "cancelled");
-  EXPECT_LT(events.size() + out.tokens.size(), 1000u);
+  EXPECT_LE(events.size() + out.tokens.size(), 3u) << "the engine ran on after the cancellation";
   auto deadline = std::chrono::steady_clock::now() + 10s;
   while (engine.stats().in_flight > 0 && std::chrono::steady_clock::now() < deadline)
     std::this_thread::sleep_for(5ms);
@@ -328,15 +381,20 @@ TEST(Scheduler, RefusesRequestsBeyondTheLimitAndRequestsItCannotRun) {
   PagedHashModel model(pool.total_pages());
   ServingOptions o = options(512, 64);
   o.max_requests = 2;
+  // a and b stay in flight: the engine holds in its first step until the checks are done.
+  Gate checked;
+  model.on_step = [&] {
+    if (model.step_tokens.size() == 1) checked.wait();
+  };
   ServingEngine engine(model, pool, o);
   auto a = engine.submit(greedy({1, 2, 3}, 200)), b = engine.submit(greedy({4, 5}, 200));
-  ASSERT_NE(a, nullptr);
-  ASSERT_NE(b, nullptr);
+  EXPECT_TRUE(a && b);
   EXPECT_EQ(engine.submit(greedy({6}, 5)), nullptr);
   EXPECT_THROW(engine.submit(greedy({}, 5)), Error);
   EXPECT_THROW(engine.submit(greedy(std::vector<int32_t>(512, 1), 5)), Error);
   EXPECT_THROW(engine.submit(greedy({kVocab}, 5)), Error);
   EXPECT_THROW(engine.submit(greedy({1}, 0)), Error);
+  checked.open();
   a->cancel();
   b->cancel();
   collect(*a);
@@ -401,6 +459,7 @@ TEST(Scheduler, RealModelBatchedGreedyMatchesGenerateAlone) {
   ServingEngine serving(model, engine.pool(), options(eo.max_context, 40));
   std::vector<std::shared_ptr<RequestStream>> streams;
   for (auto& r : requests) streams.push_back(serving.submit(r));
-  for (size_t i = 0; i < requests.size(); ++i) EXPECT_EQ(collect(*streams[i]).tokens, alone[i]) << i;
+  for (size_t i = 0; i < requests.size(); ++i)
+    EXPECT_EQ(collect(*streams[i]).tokens, alone[i]) << i;
   EXPECT_GT(serving.stats().scheduler.cached_prompt_tokens, 0);
 }

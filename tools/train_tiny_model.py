@@ -1,7 +1,7 @@
 """Trains Trident's default model: a small DeepSeek-V3-architecture model on Jane Austen's novels.
 
     python3 tools/fetch_training_text.py --out .train-data        # once, here (needs apt-get)
-    python3 tools/train_tiny_model.py --data .train-data --out models --steps 1600
+    python3 tools/train_tiny_model.py --data .train-data --out models     # on a GPU, ~1 minute
 
 Everything runs in one process and is deterministic for a given --seed (on a given machine and
 library versions): tokenizer, data order, initialisation and training.
@@ -15,8 +15,9 @@ library versions): tokenizer, data order, initialisation and training.
    sigmoid router with DeepSeek-V3's auxiliary-loss-free balancing: after every step each MoE
    layer's e_score_correction_bias moves by --bias-update-speed towards the mean load
    (b_e += u * sign(mean load - load_e)). Samples are windows that start at a paragraph with BOS;
-   one in --chat-fraction is a chat turn in DeepSeek-V3's template (the user gives a paragraph's
-   first sentence, the assistant continues the paragraph and ends with EOS), so `--chat` works.
+   a --chat-fraction share are chat turns in DeepSeek-V3's template (the user gives a paragraph's
+   first sentence, the assistant continues the paragraph and ends with EOS), so that a prompt in
+   the chat template gets a reply rather than noise.
 4. Exports the best step in DeepSeek's release layout with tools/checkpoint_export.py:
    <out>/<name> (BF16) and <out>/<name>-fp8 (FP8 e4m3 weights with 128x128 block scales), each
    with tokenizer.json, tokenizer_config.json and generation_config.json.
@@ -164,7 +165,7 @@ def chat_turns(tokenizer, novels_paragraphs, bos_id, eos_id, max_len):
 
 
 class Batches:
-    """Deterministic training batches of length seq_len + 1 (inputs and shifted labels).
+    """Deterministic training batches: inputs and next-token labels, seq_len tokens each.
 
     Plain samples: BOS, then the stream from a random paragraph start. Chat samples: a chat turn,
     loss only on the assistant's reply and its EOS, padded with label -100."""
@@ -258,7 +259,6 @@ class LoadBalancer:
         def hook(module, args, output):
             if module.training:
                 topk_indices = output[2]
-                # one_hot + sum rather than bincount: bincount's CUDA kernel is not deterministic
                 self.counts[i] += F.one_hot(topk_indices.flatten(), module.num_experts).sum(0).float()
         return hook
 
@@ -289,8 +289,8 @@ def build_model(config, device, seed):
 
 def lm_loss(model, inputs, labels, device):
     """Mean cross-entropy over the labelled tokens, and their count."""
-    logits = model(input_ids=inputs.to(device)).logits.float()
-    labels = labels.to(device)
+    logits = model(input_ids=inputs.to(device, non_blocking=True)).logits.float()
+    labels = labels.to(device, non_blocking=True)
     loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1), ignore_index=-100,
                            reduction="sum")
     return loss, (labels != -100).sum()
@@ -335,6 +335,8 @@ def train(model, batches, val, args, device, log, steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
         inputs, labels = batches.next()
+        if device.type == "cuda":  # pinned, so that the copy does not wait for the GPU
+            inputs, labels = inputs.pin_memory(), labels.pin_memory()
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
             loss_sum, n = lm_loss(model, inputs, labels, device)
         loss = loss_sum / n
@@ -372,7 +374,7 @@ def write_generation_config(out_dir, bos_id, eos_id):
         f.write("\n")
 
 
-# The fields of DeepSeek-V3's own config.json (transformers adds generic ones that it lacks).
+# The fields of DeepSeek-V3's own config.json; transformers' to_dict adds generic ones it lacks.
 RELEASE_CONFIG_FIELDS = (
     "attention_bias", "attention_dropout", "bos_token_id", "eos_token_id", "first_k_dense_replace",
     "hidden_act", "hidden_size", "initializer_range", "intermediate_size", "kv_lora_rank",
@@ -519,7 +521,7 @@ def main():
     ap.add_argument("--out", default="models", help="the two model folders go here")
     ap.add_argument("--name", default="trident-tiny")
     ap.add_argument("--seed", type=int, default=1234)
-    ap.add_argument("--steps", type=int, default=1600)
+    ap.add_argument("--steps", type=int, default=700)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--lr", type=float, default=2e-3)

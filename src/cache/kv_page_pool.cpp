@@ -9,7 +9,8 @@ namespace trident {
 
 static_assert(KvPagePool::kPageSize == AttentionMeta::kPageSize);
 
-KvPagePool::KvPagePool(int n_pages) : in_use_(std::max(n_pages, 0), false), filled_(in_use_.size(), 0) {
+KvPagePool::KvPagePool(int n_pages)
+    : in_use_(std::max(n_pages, 0), false), filled_(in_use_.size(), 0) {
   TRI_CHECK(n_pages > 0, "KV page pool needs at least one page, got {}", n_pages);
   free_.reserve(n_pages);
   for (int i = n_pages - 1; i >= 0; --i) free_.push_back(i);

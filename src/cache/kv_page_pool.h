@@ -44,6 +44,8 @@ class KvPagePool {
 };
 
 // Pages needed to hold n tokens.
-constexpr int pages_for_tokens(int64_t n, int page_size) { return int((n + page_size - 1) / page_size); }
+constexpr int pages_for_tokens(int64_t n, int page_size) {
+  return int((n + page_size - 1) / page_size);
+}
 
 }  // namespace trident

@@ -32,7 +32,8 @@ void PrefixCache::lock_path(Node* node, int delta) {
   for (; node && node != root_.get(); node = node->parent) {
     if (delta > 0 && node->locks++ == 0) ++n_locked_;
     if (delta < 0) {
-      TRI_CHECK(node->locks > 0, "prefix cache: page {} unlocked more often than locked", node->page);
+      TRI_CHECK(node->locks > 0, "prefix cache: page {} unlocked more often than locked",
+                node->page);
       if (--node->locks == 0) --n_locked_;
     }
   }

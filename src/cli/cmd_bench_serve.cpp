@@ -7,7 +7,6 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
-#include <condition_variable>
 #include <cstdio>
 #include <fstream>
 #include <limits>
@@ -50,7 +49,7 @@ struct BenchArgs {
 };
 
 struct Prompt {
-  json prompt;     // text, or an array of token ids
+  json prompt;  // text, or an array of token ids
   int max_tokens;
 };
 
@@ -123,7 +122,8 @@ std::vector<Prompt> make_prompts(const BenchArgs& a, const json& model) {
     json j = json::parse(line, nullptr, false);
     if (j.is_object()) {
       TRI_CHECK(j.contains("prompt"), "{} line {}: a JSON line needs a \"prompt\"", a.dataset, n);
-      lines.push_back({j["prompt"], j.value("max_tokens", random_len(rng, a.output_len, a.range_ratio))});
+      lines.push_back(
+          {j["prompt"], j.value("max_tokens", random_len(rng, a.output_len, a.range_ratio))});
     } else {
       lines.push_back({line, random_len(rng, a.output_len, a.range_ratio)});
     }
@@ -179,8 +179,8 @@ Outcome run_one(const BenchArgs& a, const std::string& model, const Prompt& p) {
       }
       if (!j.contains("choices") || j["choices"].empty()) continue;
       const json& c = j["choices"][0];
-      std::string text = chat ? (c.contains("delta") ? c["delta"].value("content", "") : "")
-                              : c.value("text", "");
+      std::string text =
+          chat ? (c.contains("delta") ? c["delta"].value("content", "") : "") : c.value("text", "");
       if (text.empty()) continue;
       const auto now = Clock::now();
       if (first) {
@@ -242,33 +242,43 @@ void print_report(const json& r) {
   std::printf("%s\n", "=============== Serving Benchmark Result ===============");
   line("Backend:", "trident (OpenAI API)");
   line("Endpoint:", r["endpoint"].get<std::string>());
-  line("Traffic request rate:", r["request_rate"].is_null() ? "inf" : fmt::format("{}", r["request_rate"].get<double>()));
-  line("Max request concurrency:", r["max_concurrency"].get<int>() ? std::to_string(r["max_concurrency"].get<int>()) : "not set");
+  line("Traffic request rate:",
+       r["request_rate"].is_null() ? "inf" : fmt::format("{}", r["request_rate"].get<double>()));
+  line("Max request concurrency:", r["max_concurrency"].get<int>()
+                                       ? std::to_string(r["max_concurrency"].get<int>())
+                                       : "not set");
   line("Successful requests:", std::to_string(r["completed"].get<int>()));
   line("Failed requests:", std::to_string(r["failed"].get<int>()));
   line("Benchmark duration (s):", fmt::format("{:.2f}", r["duration_s"].get<double>()));
   line("Total input tokens:", std::to_string(r["total_input_tokens"].get<int64_t>()));
   line("Total generated tokens:", std::to_string(r["total_output_tokens"].get<int64_t>()));
   line("Request throughput (req/s):", fmt::format("{:.2f}", r["request_throughput"].get<double>()));
-  line("Input token throughput (tok/s):", fmt::format("{:.2f}", r["input_throughput"].get<double>()));
-  line("Output token throughput (tok/s):", fmt::format("{:.2f}", r["output_throughput"].get<double>()));
-  line("Total token throughput (tok/s):", fmt::format("{:.2f}", r["total_throughput"].get<double>()));
+  line("Input token throughput (tok/s):",
+       fmt::format("{:.2f}", r["input_throughput"].get<double>()));
+  line("Output token throughput (tok/s):",
+       fmt::format("{:.2f}", r["output_throughput"].get<double>()));
+  line("Total token throughput (tok/s):",
+       fmt::format("{:.2f}", r["total_throughput"].get<double>()));
   line("Concurrency (mean in flight):", fmt::format("{:.2f}", r["concurrency"].get<double>()));
-  const std::pair<const char*, const char*> parts[] = {{"e2e_latency", "End-to-End Latency"},
-                                                       {"ttft", "Time to First Token"},
-                                                       {"tpot", "Time per Output Token (excl. 1st token)"},
-                                                       {"itl", "Inter-Token Latency"}};
+  const std::pair<const char*, const char*> parts[] = {
+      {"e2e_latency", "End-to-End Latency"},
+      {"ttft", "Time to First Token"},
+      {"tpot", "Time per Output Token (excl. 1st token)"},
+      {"itl", "Inter-Token Latency"}};
   const char* shorts[] = {"E2E Latency", "TTFT", "TPOT", "ITL"};
   for (int i = 0; i < 4; ++i) {
     section(parts[i].second);
     const json& s = r[parts[i].first];
-    line(fmt::format("Mean {} (ms):", shorts[i]), fmt::format("{:.2f}", s["mean_ms"].get<double>()));
-    line(fmt::format("Median {} (ms):", shorts[i]), fmt::format("{:.2f}", s["median_ms"].get<double>()));
+    line(fmt::format("Mean {} (ms):", shorts[i]),
+         fmt::format("{:.2f}", s["mean_ms"].get<double>()));
+    line(fmt::format("Median {} (ms):", shorts[i]),
+         fmt::format("{:.2f}", s["median_ms"].get<double>()));
     line(fmt::format("P90 {} (ms):", shorts[i]), fmt::format("{:.2f}", s["p90_ms"].get<double>()));
     line(fmt::format("P99 {} (ms):", shorts[i]), fmt::format("{:.2f}", s["p99_ms"].get<double>()));
   }
   std::printf("%s\n", std::string(56, '=').c_str());
-  if (r.contains("first_error")) std::printf("first error: %s\n", r["first_error"].get<std::string>().c_str());
+  if (r.contains("first_error"))
+    std::printf("first error: %s\n", r["first_error"].get<std::string>().c_str());
   std::fflush(stdout);
 }
 
@@ -295,14 +305,18 @@ void run_bench(const BenchArgs& a) {
   auto change_in_flight = [&](int delta) {
     std::lock_guard lock(integral_mutex);
     auto now = Clock::now();
-    in_flight_integral += in_flight.load() * std::chrono::duration<double>(now - last_change).count();
+    in_flight_integral +=
+        in_flight.load() * std::chrono::duration<double>(now - last_change).count();
     last_change = now;
     in_flight += delta;
   };
-  const int workers = a.max_concurrency > 0 ? std::min<int>(a.max_concurrency, int(prompts.size()))
-                                            : int(prompts.size());
-  spdlog::info("benchmark: {} requests to {}:{} ({}), {} at most in flight, rate {}", prompts.size(),
-               a.host, a.port, model, workers, a.request_rate);
+  // One client thread per request in flight; without a cap, enough for every request to be in
+  // flight at once up to a limit on threads.
+  constexpr int kMaxClientThreads = 1024;
+  const int workers = std::min({a.max_concurrency > 0 ? a.max_concurrency : kMaxClientThreads,
+                                int(prompts.size()), kMaxClientThreads});
+  spdlog::info("benchmark: {} requests to {}:{} ({}), {} at most in flight, rate {}",
+               prompts.size(), a.host, a.port, model, workers, a.request_rate);
   const auto start = Clock::now();
   std::vector<std::thread> threads;
   for (int w = 0; w < workers; ++w)
@@ -400,7 +414,8 @@ void register_bench_serve(CLI::App& app) {
   cmd->add_option("--request-rate", args->request_rate,
                   "Requests per second, Poisson arrivals (default inf: all at once)")
       ->check(CLI::PositiveNumber);
-  cmd->add_option("--max-concurrency", args->max_concurrency, "Requests in flight at most (0: no cap)")
+  cmd->add_option("--max-concurrency", args->max_concurrency,
+                  "Requests in flight at most (0: no cap)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--seed", args->seed, "Seed for prompts and arrivals");
   cmd->add_flag("--ignore-eos,!--no-ignore-eos", args->ignore_eos,

@@ -3,6 +3,8 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
@@ -74,7 +76,8 @@ void run_serve(const ServeArgs& a) {
   // The pool holds every request's pages: by default 256 pages (16k tokens), or one full context
   // if that is more (the context as EngineOptions::max_context picks it).
   const ModelConfig config = ModelConfig::from_file(std::filesystem::path(a.model) / "config.json");
-  const int context = a.max_context > 0 ? a.max_context : std::min(config.max_position_embeddings, 8192);
+  const int context =
+      a.max_context > 0 ? a.max_context : std::min(config.max_position_embeddings, 8192);
   const int context_pages = pages_for_tokens(context, KvPagePool::kPageSize);
   eo.kv_pages = a.kv_pages > 0 ? a.kv_pages : std::max(256, context_pages);
   TRI_CHECK(eo.kv_pages >= context_pages,
@@ -105,12 +108,18 @@ void run_serve(const ServeArgs& a) {
   HttpServer http(serving, tokenizer, chat.get(), engine.config().vocab_size, metrics, ho);
   const int port = http.bind();
 
+  std::atomic<bool> stopping{false}, served{false};
   std::thread stopper([&] {
     int sig = 0;
     sigwait(&stop_signals, &sig);
-    spdlog::info("{}: stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    if (!stopping.exchange(true))
+      spdlog::info("{}: stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
     serving.stop();
-    http.stop();
+    // A signal can come before the server runs, when stop() would not reach it: repeat.
+    while (!served) {
+      http.stop();
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
   });
   spdlog::info("serving '{}' ({}-token context, {} KV pages, up to {} requests at once{})",
                ho.model_name, engine.max_context(), engine.pool().total_pages(), a.max_requests,
@@ -118,7 +127,9 @@ void run_serve(const ServeArgs& a) {
   std::printf("listening on http://%s:%d\n", a.host.c_str(), port);
   std::fflush(stdout);
   http.run();
-  // The server stops only through the stopper thread; it has finished stopping it.
+  served = true;
+  // Stopped by a signal, or the server gave up on its own: the stopper ends the engine either way.
+  if (!stopping.exchange(true)) pthread_kill(stopper.native_handle(), SIGTERM);
   stopper.join();
 }
 
@@ -130,7 +141,8 @@ void register_serve(CLI::App& app) {
   cmd->add_option("--model,-m", args->model, "Model directory (HuggingFace layout, with tokenizer)")
       ->required()
       ->check(CLI::ExistingDirectory);
-  cmd->add_option("--host", args->host, "Address to listen on (default 127.0.0.1: this machine only)");
+  cmd->add_option("--host", args->host,
+                  "Address to listen on (default 127.0.0.1: this machine only)");
   cmd->add_option("--port,-p", args->port, "Port to listen on; 0 picks a free one")
       ->check(CLI::Range(0, 65535));
   cmd->add_option("--api-key", args->api_key, "Require 'Authorization: Bearer KEY' on /v1/*");

@@ -70,7 +70,8 @@ void Scheduler::queue_in_order(std::shared_ptr<Sequence> seq) {
 void Scheduler::preempt(Sequence& seq) {
   auto it = std::find_if(running_.begin(), running_.end(),
                          [&](const auto& s) { return s.get() == &seq; });
-  TRI_CHECK(it != running_.end(), "scheduler: preempting sequence {}, which is not running", seq.id);
+  TRI_CHECK(it != running_.end(), "scheduler: preempting sequence {}, which is not running",
+            seq.id);
   std::shared_ptr<Sequence> owned = *it;
   running_.erase(it);
   release_pages(seq);

@@ -34,9 +34,9 @@ struct Sequence {
   int max_new_tokens = 0;
 
   // Scheduler state.
-  uint64_t arrival = 0;         // admission order; preempted sequences keep theirs
-  int computed = 0;             // tokens whose latents are in `pages`
-  std::vector<int32_t> pages;   // KV pages in order; the first `shared_pages` belong to the cache
+  uint64_t arrival = 0;        // admission order; preempted sequences keep theirs
+  int computed = 0;            // tokens whose latents are in `pages`
+  std::vector<int32_t> pages;  // KV pages in order; the first `shared_pages` belong to the cache
   int shared_pages = 0;
   PrefixCache::Node* cache_node = nullptr;  // the cached path this sequence locks
   bool running = false;

@@ -50,8 +50,8 @@ std::shared_ptr<RequestStream> ServingEngine::submit(GenerationRequest request) 
   const int context = options_.scheduler.max_context;
   TRI_CHECK(!request.prompt.empty(), "the prompt is empty");
   TRI_CHECK(int(request.prompt.size()) < context,
-            "the prompt has {} tokens; the context holds {}, so at most {} fit", request.prompt.size(),
-            context, context - 1);
+            "the prompt has {} tokens; the context holds {}, so at most {} fit",
+            request.prompt.size(), context, context - 1);
   TRI_CHECK(request.max_new_tokens > 0, "max_new_tokens must be positive, got {}",
             request.max_new_tokens);
   const int vocab = model_.vocab_size();

@@ -1,11 +1,10 @@
 #include "serve/http_server.h"
 
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-
-#include <arpa/inet.h>
 
 #include <chrono>
 #include <filesystem>
@@ -101,6 +100,7 @@ struct HttpServer::Impl {
   HttpServerOptions options;
   int context;
   httplib::Server server;
+  int listen_fd = -1;
 
   Impl(ServingEngine& e, const Tokenizer& t, const ChatTemplate* c, int vocab, ServerMetrics& m,
        const HttpServerOptions& o)
@@ -117,9 +117,11 @@ struct HttpServer::Impl {
 
   void routes();
   void generate(const httplib::Request& req, httplib::Response& res, bool chat);
+  // Counted here, before the client can see the response, so /metrics right after it agrees.
   void error(httplib::Response& res, const ApiError& e) {
     res.status = e.status;
     res.set_content(error_body(e), "application/json");
+    metrics.error_response(e.status);
   }
 };
 
@@ -229,7 +231,8 @@ struct Session {
     r.completion_tokens = completion_tokens;
     const auto end_time = completion_tokens > 0 ? last_token : Clock::now();
     if (completion_tokens > 0) r.ttft_s = seconds(first_token - arrival);
-    if (completion_tokens > 1) r.tpot_s = seconds(last_token - first_token) / (completion_tokens - 1);
+    if (completion_tokens > 1)
+      r.tpot_s = seconds(last_token - first_token) / (completion_tokens - 1);
     r.e2e_s = seconds(end_time - arrival);
     metrics.request_finished(r);
   }
@@ -276,8 +279,16 @@ void HttpServer::Impl::generate(const httplib::Request& req, httplib::Response& 
   try {
     std::vector<int32_t> prompt;
     SamplingFields fields;
+    auto check_model = [&](const std::string& model) {
+      if (!model.empty() && model != options.model_name)
+        throw ApiError(404, "invalid_request_error",
+                       fmt::format("the model '{}' does not exist: this server serves '{}'", model,
+                                   options.model_name),
+                       "model", "model_not_found");
+    };
     if (chat) {
       ChatRequest r = parse_chat_request(req.body);
+      check_model(r.model);
       if (!chat_template)
         throw invalid_request(
             "this model has no chat template (tokenizer_config.json has no chat_template); use "
@@ -290,6 +301,7 @@ void HttpServer::Impl::generate(const httplib::Request& req, httplib::Response& 
       fields = std::move(r);
     } else {
       CompletionRequest r = parse_completion_request(req.body);
+      check_model(r.model);
       if (r.prompt_is_tokens) {
         prompt = r.prompt_tokens;
         for (size_t i = 0; i < prompt.size(); ++i)
@@ -305,15 +317,10 @@ void HttpServer::Impl::generate(const httplib::Request& req, httplib::Response& 
       }
       fields = std::move(r);
     }
-    if (!fields.model.empty() && fields.model != options.model_name)
-      throw ApiError(404, "invalid_request_error",
-                     fmt::format("the model '{}' does not exist: this server serves '{}'",
-                                 fields.model, options.model_name),
-                     "model", "model_not_found");
     if (prompt.empty()) throw invalid_request("the prompt is empty", "prompt");
-    const int max_tokens = resolve_max_tokens(
-        fields.max_tokens, int(prompt.size()), context, options.max_tokens_limit,
-        chat ? options.max_tokens_limit : options.default_completion_tokens);
+    const int max_tokens =
+        resolve_max_tokens(fields.max_tokens, int(prompt.size()), context, options.max_tokens_limit,
+                           chat ? options.max_tokens_limit : options.default_completion_tokens);
 
     GenerationRequest g;
     g.prompt = prompt;
@@ -391,14 +398,21 @@ void HttpServer::Impl::generate(const httplib::Request& req, httplib::Response& 
     return;
   }
   json lp = s->logprobs_json(logprobs);
-  json body = chat ? chat_response(s->id, s->created, s->model, text, s->finish_reason, lp, s->usage())
-                   : completion_response(s->id, s->created, s->model, text, s->finish_reason, lp,
-                                         s->usage());
+  json body =
+      chat ? chat_response(s->id, s->created, s->model, text, s->finish_reason, lp, s->usage())
+           : completion_response(s->id, s->created, s->model, text, s->finish_reason, lp,
+                                 s->usage());
   res.set_content(dump_json(body), "application/json");
 }
 
 void HttpServer::Impl::routes() {
   server.set_payload_max_length(options.max_body_bytes);
+  // cpp-httplib listens with a backlog of 5: a burst of clients connecting at once overflows it
+  // and their connections fail. Keep the listening socket to listen again with a deeper queue.
+  server.set_socket_options([this](socket_t sock) {
+    httplib::default_socket_options(sock);
+    listen_fd = sock;
+  });
   // Every request in flight holds a handler thread (streams for their whole length), plus a
   // few for requests turned away and for /metrics and /health.
   const size_t threads = size_t(engine.options().max_requests) + 16;
@@ -420,20 +434,20 @@ void HttpServer::Impl::routes() {
 
   server.set_error_handler(httplib::Server::HandlerWithResponse(
       [this](const httplib::Request& req, httplib::Response& res) {
-    if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
-    std::string message;
-    if (res.status == 404)
-      message = fmt::format("there is no {} {} on this server", req.method, req.path);
-    else if (res.status == 413)
-      message = fmt::format("the request body is larger than this server's limit of {} bytes "
-                            "(--max-body-bytes)",
-                            options.max_body_bytes);
-    else
-      message = fmt::format("the HTTP request could not be served (status {})", res.status);
-    res.set_content(error_body(ApiError(res.status, "invalid_request_error", message)),
-                    "application/json");
-    return httplib::Server::HandlerResponse::Handled;
-  }));
+        if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+        std::string message;
+        if (res.status == 404)
+          message = fmt::format("there is no {} {} on this server", req.method, req.path);
+        else if (res.status == 413)
+          message = fmt::format(
+              "the request body is larger than this server's limit of {} bytes "
+              "(--max-body-bytes)",
+              options.max_body_bytes);
+        else
+          message = fmt::format("the HTTP request could not be served (status {})", res.status);
+        error(res, ApiError(res.status, "invalid_request_error", message));
+        return httplib::Server::HandlerResponse::Handled;
+      }));
 
   server.set_exception_handler(
       [this](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
@@ -448,10 +462,6 @@ void HttpServer::Impl::routes() {
         error(res, ApiError(500, "server_error", fmt::format("internal error: {}", what)));
       });
 
-  server.set_logger([this](const httplib::Request&, const httplib::Response& res) {
-    if (res.status >= 400) metrics.error_response(res.status);
-  });
-
   server.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
     generate(req, res, false);
   });
@@ -459,12 +469,9 @@ void HttpServer::Impl::routes() {
     generate(req, res, true);
   });
   server.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
-    json model = {{"id", options.model_name},
-                  {"object", "model"},
-                  {"created", unix_time()},
-                  {"owned_by", "trident"},
-                  {"max_model_len", context},
-                  {"vocab_size", vocab_size}};
+    json model = {{"id", options.model_name}, {"object", "model"},
+                  {"created", unix_time()},   {"owned_by", "trident"},
+                  {"max_model_len", context}, {"vocab_size", vocab_size}};
     res.set_content(dump_json({{"object", "list"}, {"data", json::array({model})}}),
                     "application/json");
   });
@@ -484,16 +491,21 @@ HttpServer::~HttpServer() { stop(); }
 
 int HttpServer::bind() {
   const HttpServerOptions& o = impl_->options;
+  int port = o.port;
   if (o.port == 0) {
-    int port = impl_->server.bind_to_any_port(o.host);
+    port = impl_->server.bind_to_any_port(o.host);
     TRI_CHECK(port > 0, "cannot listen on {}: no free port (is the address valid?)", o.host);
-    return port;
+  } else {
+    TRI_CHECK(impl_->server.bind_to_port(o.host, o.port),
+              "cannot listen on {}:{}: the port is in use or the address is not valid here (try "
+              "another --port, or --port 0 for any free one)",
+              o.host, o.port);
   }
-  TRI_CHECK(impl_->server.bind_to_port(o.host, o.port),
-            "cannot listen on {}:{}: the port is in use or the address is not valid here (try "
-            "another --port, or --port 0 for any free one)",
-            o.host, o.port);
-  return o.port;
+  constexpr int kListenBacklog = 1024;
+  TRI_CHECK(impl_->listen_fd >= 0 && ::listen(impl_->listen_fd, kListenBacklog) == 0,
+            "cannot deepen the listen queue of {}:{} to {} connections", o.host, port,
+            kListenBacklog);
+  return port;
 }
 
 void HttpServer::run() { impl_->server.listen_after_bind(); }

@@ -17,12 +17,12 @@ class ChatTemplate;
 
 struct HttpServerOptions {
   std::string host = "127.0.0.1";
-  int port = 8000;                      // 0: any free port (bind() tells which)
-  std::string api_key;                  // empty: no key needed
-  std::string model_name;               // the name clients give as "model"
+  int port = 8000;         // 0: any free port (bind() tells which)
+  std::string api_key;     // empty: no key needed
+  std::string model_name;  // the name clients give as "model"
   size_t max_body_bytes = 4 << 20;
-  int max_tokens_limit = 0;             // largest max_tokens accepted; 0: the context length
-  int default_completion_tokens = 16;   // /v1/completions without max_tokens, as OpenAI does
+  int max_tokens_limit = 0;            // largest max_tokens accepted; 0: the context length
+  int default_completion_tokens = 16;  // /v1/completions without max_tokens, as OpenAI does
 };
 
 class HttpServer {

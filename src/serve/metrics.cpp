@@ -26,7 +26,8 @@ template <class Key>
 void labelled(std::string& out, const std::string& name, const std::string& help,
               const std::string& label, const std::map<Key, uint64_t>& values) {
   header(out, name, "counter", help);
-  for (const auto& [key, v] : values) out += fmt::format("{}{{{}=\"{}\"}} {}\n", name, label, key, v);
+  for (const auto& [key, v] : values)
+    out += fmt::format("{}{{{}=\"{}\"}} {}\n", name, label, key, v);
 }
 
 std::vector<double> token_buckets() {
@@ -92,8 +93,8 @@ std::string ServerMetrics::render(const ServingStats& e) const {
   std::lock_guard lock(mutex_);
   labelled(out, "trident_requests_total", "Generation requests accepted, by endpoint.", "endpoint",
            started_);
-  labelled(out, "trident_requests_finished_total", "Generation requests finished, by finish reason.",
-           "finish_reason", finished_);
+  labelled(out, "trident_requests_finished_total",
+           "Generation requests finished, by finish reason.", "finish_reason", finished_);
   labelled(out, "trident_request_errors_total", "Requests answered with an error, by HTTP status.",
            "status", errors_);
   single(out, "trident_prompt_tokens_total", "counter", "Prompt tokens of finished requests.",
@@ -114,7 +115,8 @@ std::string ServerMetrics::render(const ServingStats& e) const {
   single(out, "trident_requests_running", "gauge", "Requests in the running batch.", s.running);
   single(out, "trident_requests_in_flight", "gauge", "Requests accepted and not yet ended.",
          e.in_flight);
-  single(out, "trident_kv_pages_total", "gauge", "KV cache pages (64 tokens each).", e.kv_pages_total);
+  single(out, "trident_kv_pages_total", "gauge", "KV cache pages (64 tokens each).",
+         e.kv_pages_total);
   single(out, "trident_kv_pages_used", "gauge", "KV cache pages in use, prefix cache included.",
          e.kv_pages_used);
   single(out, "trident_kv_pages_cached", "gauge", "KV cache pages held by the prefix cache.",

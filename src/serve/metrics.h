@@ -34,8 +34,8 @@ struct RequestRecord {
   std::string finish_reason;  // "stop", "length", "cancelled", "error"
   int prompt_tokens = 0;
   int completion_tokens = 0;
-  double ttft_s = -1;   // time to first token; < 0: no token came
-  double tpot_s = -1;   // mean time per output token after the first; < 0: fewer than 2 tokens
+  double ttft_s = -1;  // time to first token; < 0: no token came
+  double tpot_s = -1;  // mean time per output token after the first; < 0: fewer than 2 tokens
   double e2e_s = 0;
 };
 
@@ -51,9 +51,9 @@ class ServerMetrics {
 
  private:
   mutable std::mutex mutex_;
-  std::map<std::string, uint64_t> started_;               // by endpoint
-  std::map<std::string, uint64_t> finished_;              // by finish reason
-  std::map<int, uint64_t> errors_;                        // by status
+  std::map<std::string, uint64_t> started_;   // by endpoint
+  std::map<std::string, uint64_t> finished_;  // by finish reason
+  std::map<int, uint64_t> errors_;            // by status
   uint64_t prompt_tokens_ = 0, completion_tokens_ = 0;
   Histogram ttft_, tpot_, e2e_, prompt_len_, completion_len_;
 };

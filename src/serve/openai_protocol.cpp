@@ -78,8 +78,8 @@ std::string shown(const json& v) {
 }
 
 [[noreturn]] void wrong_type(const std::string& name, const char* want, const json& v) {
-  throw invalid_request(fmt::format("'{}' must be {}, got {} {}", name, want, v.type_name(), shown(v)),
-                        name);
+  throw invalid_request(
+      fmt::format("'{}' must be {}, got {} {}", name, want, v.type_name(), shown(v)), name);
 }
 
 // The field, or null when absent or JSON null (OpenAI treats both as "not given").
@@ -125,10 +125,9 @@ std::optional<double> get_number(const json& obj, const char* name, double lo, d
   if (!v->is_number()) wrong_type(name, "a number", *v);
   double x = v->get<double>();
   if (!(lo_open ? x > lo : x >= lo) || !(x <= hi))
-    throw invalid_request(
-        fmt::format("'{}' must be {} {} and at most {}, got {}", name, lo_open ? "above" : "at least",
-                    lo, hi, x),
-        name);
+    throw invalid_request(fmt::format("'{}' must be {} {} and at most {}, got {}", name,
+                                      lo_open ? "above" : "at least", lo, hi, x),
+                          name);
   return x;
 }
 
@@ -155,7 +154,8 @@ json parse_object(std::string_view body) {
     throw invalid_request(fmt::format("the request body is not valid JSON: {}", what));
   }
   if (!j.is_object())
-    throw invalid_request(fmt::format("the request body must be a JSON object, got {}", j.type_name()));
+    throw invalid_request(
+        fmt::format("the request body must be a JSON object, got {}", j.type_name()));
   return j;
 }
 
@@ -199,7 +199,8 @@ void parse_sampling(const json& j, SamplingFields& r) {
   r.ignore_eos = get_bool(j, "ignore_eos", false);
   if (auto n = get_int(j, "n"); n && *n != 1)
     throw invalid_request(
-        fmt::format("'n' = {} is not supported: this server returns one choice per request", *n), "n");
+        fmt::format("'n' = {} is not supported: this server returns one choice per request", *n),
+        "n");
   only_value(j, "presence_penalty", 0, "presence_penalty 0");
   only_value(j, "frequency_penalty", 0, "frequency_penalty 0");
   if (const json* bias = field(j, "logit_bias"); bias && !(bias->is_object() && bias->empty()))
@@ -216,9 +217,9 @@ CompletionRequest parse_prompt(const json& j, CompletionRequest r) {
       const json& t = a[i];
       if (!t.is_number_integer() || t.get<int64_t>() < 0 ||
           t.get<int64_t>() > std::numeric_limits<int32_t>::max())
-        throw invalid_request(fmt::format("'{}[{}]' must be a token id (an integer >= 0), got {}",
-                                          name, i, shown(t)),
-                              "prompt");
+        throw invalid_request(
+            fmt::format("'{}[{}]' must be a token id (an integer >= 0), got {}", name, i, shown(t)),
+            "prompt");
       ids.push_back(int32_t(t.get<int64_t>()));
     }
     return ids;
@@ -237,7 +238,8 @@ CompletionRequest parse_prompt(const json& j, CompletionRequest r) {
   }
   if (p->size() > 1)
     throw invalid_request(
-        fmt::format("'prompt' holds {} prompts; this server takes one prompt per request", p->size()),
+        fmt::format("'prompt' holds {} prompts; this server takes one prompt per request",
+                    p->size()),
         "prompt");
   if (first.is_string()) {
     r.prompt = first.get<std::string>();
@@ -274,8 +276,7 @@ ChatRequest parse_chat_request(std::string_view body) {
   if (auto m = get_int(j, "max_completion_tokens")) r.max_tokens = m;
   r.logprobs = get_bool(j, "logprobs", false);
   if (auto n = get_int_in(j, "top_logprobs", 0, ProtocolLimits::kMaxTopLogprobs)) {
-    if (!r.logprobs)
-      throw invalid_request("'top_logprobs' needs 'logprobs': true", "top_logprobs");
+    if (!r.logprobs) throw invalid_request("'top_logprobs' needs 'logprobs': true", "top_logprobs");
     r.top_logprobs = int(*n);
   }
   const json* messages = field(j, "messages");
@@ -417,8 +418,10 @@ json chat_logprobs(const std::vector<TokenLogprob>& tokens) {
     json top = json::array();
     for (const auto& [tok, lp] : t.top)
       top.push_back({{"token", tok}, {"logprob", lp}, {"bytes", bytes_of(tok)}});
-    content.push_back(
-        {{"token", t.token}, {"logprob", t.logprob}, {"bytes", bytes_of(t.token)}, {"top_logprobs", top}});
+    content.push_back({{"token", t.token},
+                       {"logprob", t.logprob},
+                       {"bytes", bytes_of(t.token)},
+                       {"top_logprobs", top}});
   }
   return {{"content", content}};
 }
@@ -440,7 +443,8 @@ json completion_response(const std::string& id, int64_t created, const std::stri
 
 json completion_chunk(const std::string& id, int64_t created, const std::string& model,
                       const std::string& text, const json& finish_reason, const json& logprobs) {
-  json choice = {{"index", 0}, {"text", text}, {"logprobs", logprobs}, {"finish_reason", finish_reason}};
+  json choice = {
+      {"index", 0}, {"text", text}, {"logprobs", logprobs}, {"finish_reason", finish_reason}};
   return {{"id", id},
           {"object", "text_completion"},
           {"created", created},
@@ -455,17 +459,14 @@ json chat_response(const std::string& id, int64_t created, const std::string& mo
                  {"message", {{"role", "assistant"}, {"content", content}}},
                  {"logprobs", logprobs},
                  {"finish_reason", finish_reason}};
-  return {{"id", id},
-          {"object", "chat.completion"},
-          {"created", created},
-          {"model", model},
-          {"choices", json::array({choice})},
-          {"usage", usage_json(usage)}};
+  return {{"id", id},       {"object", "chat.completion"},      {"created", created},
+          {"model", model}, {"choices", json::array({choice})}, {"usage", usage_json(usage)}};
 }
 
 json chat_chunk(const std::string& id, int64_t created, const std::string& model, const json& delta,
                 const json& finish_reason, const json& logprobs) {
-  json choice = {{"index", 0}, {"delta", delta}, {"logprobs", logprobs}, {"finish_reason", finish_reason}};
+  json choice = {
+      {"index", 0}, {"delta", delta}, {"logprobs", logprobs}, {"finish_reason", finish_reason}};
   return {{"id", id},
           {"object", "chat.completion.chunk"},
           {"created", created},
@@ -475,12 +476,8 @@ json chat_chunk(const std::string& id, int64_t created, const std::string& model
 
 json usage_chunk(const std::string& id, int64_t created, const std::string& model,
                  const std::string& object, const Usage& usage) {
-  return {{"id", id},
-          {"object", object},
-          {"created", created},
-          {"model", model},
-          {"choices", json::array()},
-          {"usage", usage_json(usage)}};
+  return {{"id", id},       {"object", object},         {"created", created},
+          {"model", model}, {"choices", json::array()}, {"usage", usage_json(usage)}};
 }
 
 }  // namespace trident

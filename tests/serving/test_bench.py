@@ -37,3 +37,11 @@ def test_request_rate_and_a_prompt_file(binary, server, tmp_path):
     assert r["completed"] == 6
     assert r["request_rate"] == 40
     assert r["total_output_tokens"] == 3 * 5 + 3 * 3
+
+
+def test_a_burst_of_connections_is_all_served(binary, server, tmp_path):
+    # 150 clients connect at the same moment: more than a shallow listen queue holds.
+    _, r = bench(binary, server, tmp_path, "--num-prompts", "150", "--random-input-len", "16",
+                 "--random-output-len", "4")
+    assert r["failed"] == 0, r.get("first_error")
+    assert r["completed"] == 150
