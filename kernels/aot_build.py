@@ -32,7 +32,8 @@ from triton.compiler import ASTSource  # noqa: E402
 
 from variant import SCALAR_C_TYPES  # noqa: E402
 
-KERNEL_MODULES = ["rms_norm", "act_quant", "fp8_gemm", "bf16_gemm", "split_k_reduce"]
+# Every kernels/*.py that defines KERNELS is a kernel module; these are build helpers.
+NOT_KERNEL_MODULES = {"aot_build", "variant", "gemm_tiles"}
 REQUIRED_TRITON = "3.6."
 # Bump when what is cached, or how it is read, changes.
 CACHE_FORMAT = 1
@@ -51,10 +52,16 @@ class StandInDriver:
                            "every compile must name its target")
 
 
+def kernel_modules():
+    """The kernel modules, in a fixed order so variant indices agree across worker processes."""
+    names = sorted(p.stem for p in KERNELS_DIR.glob("*.py") if p.stem not in NOT_KERNEL_MODULES)
+    return [m for m in (importlib.import_module(n) for n in names) if hasattr(m, "KERNELS")]
+
+
 def load_kernels():
     kernels = []
-    for module_name in KERNEL_MODULES:
-        kernels += importlib.import_module(module_name).KERNELS
+    for module in kernel_modules():
+        kernels += module.KERNELS
     return kernels
 
 
