@@ -61,3 +61,33 @@ TEST(Cli, ADirectoryWithoutAModelSaysWhatIsMissing) {
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.output.find("error:"), std::string::npos) << r.output;
 }
+
+// The README's first command: the shipped model, greedy, gives the text transformers gives
+// (models/README.md, "Samples") token for token.
+TEST(Cli, DefaultModelContinuesAPromptAsTransformersDoes) {
+  CommandResult r = run_trident(std::string("generate --model ") + TRIDENT_MODELS_DIR +
+                                "/trident-tiny --prompt 'It is a truth universally acknowledged' "
+                                "--max-new-tokens 32");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("It is a truth universally acknowledged, and she is very much attached "
+                          "to her. She is a very good sort of thing, and she is very much "
+                          "attached to her. She is a very"),
+            std::string::npos)
+      << r.output;
+}
+
+TEST(Cli, EvalPrintsPerplexityAsJson) {
+  CommandResult r = run_trident(std::string("eval --model ") + TRIDENT_MODELS_DIR +
+                                "/trident-tiny --text " + TRIDENT_TEST_DATA +
+                                "/heldout/austen-test.txt --max-windows 1 --window 64 --json");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("\"perplexity\""), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("\"tokens\": 64"), std::string::npos) << r.output;
+}
+
+TEST(Cli, EvalNamesAMissingTextFile) {
+  CommandResult r = run_trident(std::string("eval --model ") + TRIDENT_MODELS_DIR +
+                                "/trident-tiny --text /nonexistent/text.txt");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("/nonexistent/text.txt"), std::string::npos) << r.output;
+}

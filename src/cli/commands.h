@@ -8,5 +8,6 @@ namespace trident::cli {
 void register_generate(CLI::App& app);
 void register_serve(CLI::App& app);
 void register_bench_serve(CLI::App& app);
+void register_eval(CLI::App& app);
 
 }  // namespace trident::cli

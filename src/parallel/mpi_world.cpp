@@ -24,12 +24,6 @@ void report_early_exit() {
 
 }  // namespace
 
-bool started_by_mpi_launcher() {
-  for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE", "PMI_RANK"})
-    if (std::getenv(var)) return true;
-  return false;
-}
-
 MpiWorld::MpiWorld() {
   int initialized = 0;
   MPI_Initialized(&initialized);

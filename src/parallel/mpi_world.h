@@ -7,17 +7,9 @@
 
 #include <string>
 
+#include "parallel/rank_info.h"
+
 namespace trident {
-
-struct RankInfo {
-  int rank = 0;
-  int size = 1;
-  int local_rank = 0;  // among the ranks on this host: picks the GPU
-  int local_size = 1;
-};
-
-// True when this process was started by mpirun (or another MPI launcher) as one of its ranks.
-bool started_by_mpi_launcher();
 
 class MpiWorld {
  public:

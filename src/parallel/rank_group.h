@@ -1,5 +1,6 @@
 // This process as one rank of an expert-parallel run: MPI started, and the communicator its
-// device uses: NCCL between GPUs (when built with it), MPI between CPU ranks.
+// device uses: NCCL between GPUs (when built with it), MPI between CPU ranks. A build without MPI
+// (TRIDENT_MPI off) runs one rank only, and constructing a RankGroup fails, saying so.
 #pragma once
 
 #include <chrono>
@@ -7,8 +8,7 @@
 #include <string>
 
 #include "parallel/communicator.h"
-#include "parallel/mpi_communicator.h"
-#include "parallel/mpi_world.h"
+#include "parallel/rank_info.h"
 
 namespace trident {
 
@@ -19,16 +19,14 @@ class RankGroup {
   RankGroup(const std::string& device, std::chrono::milliseconds timeout);
   ~RankGroup();
 
-  const RankInfo& info() const { return world_.info(); }
-  Communicator& comm() { return *comm_; }
+  const RankInfo& info() const;
+  Communicator& comm();
   // Prints the message naming this rank and stops every rank.
-  [[noreturn]] void abort(const std::string& message) const { world_.abort(message); }
+  [[noreturn]] void abort(const std::string& message) const;
 
  private:
-  MpiWorld world_;
-  std::unique_ptr<MpiCommunicator> host_;
-  std::unique_ptr<Communicator> device_comm_;  // NCCL, for GPU ranks
-  Communicator* comm_ = nullptr;
+  struct Ranks;  // MPI's world and the communicators, kept out of this header
+  std::unique_ptr<Ranks> ranks_;
 };
 
 }  // namespace trident
