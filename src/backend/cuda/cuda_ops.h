@@ -39,4 +39,24 @@ GemmChoice fp8_gemm(const OpContext& ctx, const Tensor& q, const Tensor& q_scale
 GemmChoice bf16_gemm(const OpContext& ctx, const Tensor& x, const Tensor& w, Tensor& out,
                      const GemmChoice* forced);
 
+// Elementwise ops on bf16 activations (cuda_elementwise.cpp), as Backend's.
+void embedding(const OpContext& ctx, const Tensor& ids, const Tensor& table, Tensor& out);
+void silu_mul(const OpContext& ctx, const Tensor& gate, const Tensor& up, Tensor& out);
+void add(const OpContext& ctx, Tensor& a, const Tensor& b);
+
+// MLA (cuda_attention.cpp), as Backend's; meta's tensors are device copies. An attention choice:
+// the mla_attention variant (a name without its _split suffix) and how many programs share each
+// token's context (flash-decoding); empty or 0: chosen from the shape.
+struct MlaChoice {
+  std::string variant;
+  int splits = 0;
+};
+void mla_rope_cache_write(const OpContext& ctx, Tensor& q, const Tensor& kv, const MlaWeights& w,
+                          const MlaParams& p, const RopeTable& rope, const AttentionMeta& meta,
+                          KvLayer& cache);
+// Returns the variant and split it used.
+MlaChoice mla_attention(const OpContext& ctx, const Tensor& q, const MlaWeights& w,
+                        const MlaParams& p, const AttentionMeta& meta, const KvLayer& cache,
+                        Tensor& out, const MlaChoice* forced);
+
 }  // namespace trident::cuda

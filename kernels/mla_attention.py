@@ -1,0 +1,136 @@
+"""MLA attention in the absorbed form over the paged latent cache, for decode and prefill alike.
+
+Each new token t attends causally to positions 0..pos[t] of its sequence: scores are
+(q_lat . c_j + q_rope . k_rope_j) * scale and the output is the latent o_lat = softmax . c_j, with
+c_j (KV_LORA) and k_rope_j (ROPE) the rows of the cache [pages, 64, KV_LORA + ROPE] (bf16) that
+the page table maps position j to. The mask is the token's position: no mask tensor, so a step may
+mix decodes, whole prefills and chunks of prefills whose prefix is already in the cache.
+
+mla_attention: program (head block, token, split). BLOCK_H heads of one token share each key
+tile (the cache holds one latent for all heads), so the tensor cores see M = BLOCK_H. The
+token's context is cut into n_splits chunks of whole BLOCK_N tiles (flash-decoding); a tile never
+straddles a page. SPLIT=0 (one chunk) writes o_lat in bf16 [T, H, KV_LORA]; SPLIT=1 writes each
+chunk's normalized f32 output [n_splits, T, H, KV_LORA] and its log2-sum-exp [n_splits, T, H]
+(-inf for an empty chunk), which mla_combine merges into o_lat.
+
+Precision: q_lat (an f32 product rounded to bf16 by mla_head_gemm), the keys and the
+probabilities enter the tensor cores as bf16; scores, softmax and sums are f32.
+"""
+import triton
+import triton.language as tl
+
+from variant import Kernel, Variant
+
+PAGE = 64
+LATENT_DIMS = [(512, 64), (128, 32)]
+# (BLOCK_H, BLOCK_N, num_warps, num_stages) per latent size: 64 heads fill a Hopper warpgroup's
+# M; 16 is the least a tensor-core product takes, for models with few heads.
+ATTENTION_TILES = {512: [(64, 64, 8, 2), (16, 64, 4, 2)], 128: [(64, 64, 4, 2), (16, 64, 4, 2)]}
+
+
+@triton.jit
+def mla_attention(q_lat_ptr, q_ptr, cache_ptr, page_table_ptr, token_seq_ptr, positions_ptr,
+                  out_ptr, lse_ptr, n_heads, nope, max_pages, n_splits, scale_log2,
+                  KV_LORA: tl.constexpr, ROPE: tl.constexpr, PAGE: tl.constexpr,
+                  BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr):
+    t = tl.program_id(1).to(tl.int64)
+    split = tl.program_id(2)
+    n_tokens = tl.num_programs(1)
+    context = tl.load(positions_ptr + t) + 1
+    per_split = tl.cdiv(tl.cdiv(context, n_splits), BLOCK_N) * BLOCK_N
+    start = split * per_split
+    end = tl.minimum(start + per_split, context)
+
+    heads = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
+    in_heads = heads < n_heads
+    c = tl.arange(0, KV_LORA)
+    r = tl.arange(0, ROPE)
+    row_heads = t * n_heads + heads
+    q_lat = tl.load(q_lat_ptr + row_heads[:, None] * KV_LORA + c[None, :], mask=in_heads[:, None],
+                    other=0.0)
+    q_rope = tl.load(q_ptr + row_heads[:, None] * (nope + ROPE) + nope + r[None, :],
+                     mask=in_heads[:, None], other=0.0)
+
+    table = page_table_ptr + tl.load(token_seq_ptr + t).to(tl.int64) * max_pages
+    n = tl.arange(0, BLOCK_N)
+    m_i = tl.full((BLOCK_H, ), float("-inf"), tl.float32)
+    l_i = tl.zeros((BLOCK_H, ), tl.float32)
+    acc = tl.zeros((BLOCK_H, KV_LORA), tl.float32)
+    for j in range(start, end, BLOCK_N):
+        page = tl.load(table + j // PAGE).to(tl.int64)
+        rows = (page * PAGE + j % PAGE + n) * (KV_LORA + ROPE)
+        valid = j + n < end
+        kv = tl.load(cache_ptr + rows[:, None] + c[None, :], mask=valid[:, None], other=0.0)
+        k_rope = tl.load(cache_ptr + rows[:, None] + KV_LORA + r[None, :], mask=valid[:, None],
+                         other=0.0)
+        s = tl.dot(q_lat, tl.trans(kv))
+        s = tl.dot(q_rope, tl.trans(k_rope), s)
+        s = tl.where(valid[None, :], s * scale_log2, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.math.exp2(m_i - m_new)
+        p = tl.math.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = tl.dot(p.to(kv.dtype), kv, acc * alpha[:, None])
+        m_i = m_new
+
+    # An empty chunk (split past a short context) has l_i = 0: it writes zeros and lse = -inf.
+    o = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+    if SPLIT:
+        part = split * n_tokens * n_heads + row_heads
+        tl.store(out_ptr + part[:, None] * KV_LORA + c[None, :], o, mask=in_heads[:, None])
+        tl.store(lse_ptr + part, m_i + tl.math.log2(l_i), mask=in_heads)
+    else:
+        tl.store(out_ptr + row_heads[:, None] * KV_LORA + c[None, :], o.to(out_ptr.dtype.element_ty),
+                 mask=in_heads[:, None])
+
+
+@triton.jit
+def mla_combine(partial_ptr, lse_ptr, out_ptr, rows, n_splits, KV_LORA: tl.constexpr):
+    """o_lat[row] = sum_s 2^(lse_s - lse) partial[s, row] with lse = log2 sum_s 2^lse_s, for each
+    row = t * H + h; bf16 out."""
+    row = tl.program_id(0).to(tl.int64)
+    c = tl.arange(0, KV_LORA)
+    m = float("-inf")
+    for s in range(0, n_splits):
+        m = tl.maximum(m, tl.load(lse_ptr + s * rows + row))
+    acc = tl.zeros((KV_LORA, ), tl.float32)
+    total = 0.0
+    for s in range(0, n_splits):
+        w = tl.math.exp2(tl.load(lse_ptr + s * rows + row) - m)
+        acc += w * tl.load(partial_ptr + (s * rows + row) * KV_LORA + c)
+        total += w
+    tl.store(out_ptr + row * KV_LORA + c, (acc / total).to(out_ptr.dtype.element_ty))
+
+
+def _attention_variant(kv_lora, rope, block_h, block_n, warps, stages, split):
+    signature = {"q_lat_ptr": "*bf16", "q_ptr": "*bf16", "cache_ptr": "*bf16",
+                 "page_table_ptr": "*i32", "token_seq_ptr": "*i32", "positions_ptr": "*i32",
+                 "out_ptr": "*fp32" if split else "*bf16", "lse_ptr": "*fp32", "n_heads": "i32",
+                 "nope": "i32", "max_pages": "i32", "n_splits": "i32", "scale_log2": "fp32"}
+    constexprs = {"KV_LORA": kv_lora, "ROPE": rope, "PAGE": PAGE, "BLOCK_H": block_h,
+                  "BLOCK_N": block_n, "SPLIT": split}
+    signature.update({k: "constexpr" for k in constexprs})
+    return Variant(name=f"l{kv_lora}r{rope}_h{block_h}n{block_n}_w{warps}s{stages}"
+                   f"{'_split' if split else ''}", signature=signature, constexprs=constexprs,
+                   num_warps=warps, num_stages=stages,
+                   divisible_by_16=("q_lat_ptr", "q_ptr", "cache_ptr", "out_ptr", "nope"),
+                   tags={"KV_LORA": kv_lora, "ROPE": rope, "BLOCK_H": block_h,
+                         "BLOCK_N": block_n, "SPLIT": split})
+
+
+def _combine_variant(kv_lora):
+    signature = {"partial_ptr": "*fp32", "lse_ptr": "*fp32", "out_ptr": "*bf16", "rows": "i64",
+                 "n_splits": "i32", "KV_LORA": "constexpr"}
+    return Variant(name=f"l{kv_lora}", signature=signature, constexprs={"KV_LORA": kv_lora},
+                   num_warps=4, num_stages=1, divisible_by_16=("partial_ptr", "out_ptr"),
+                   tags={"KV_LORA": kv_lora})
+
+
+KERNELS = [
+    Kernel("mla_attention", mla_attention,
+           [_attention_variant(l, r, *tile, split) for l, r in LATENT_DIMS
+            for tile in ATTENTION_TILES[l] for split in (0, 1)],
+           "causal absorbed MLA over the paged latent cache: o_lat, or per-split partials"),
+    Kernel("mla_combine", mla_combine, [_combine_variant(l) for l, _ in LATENT_DIMS],
+           "o_lat = the splits' partial outputs weighted by their log-sum-exp"),
+]

@@ -1,0 +1,217 @@
+// MLA on the GPU: attention preparation (kernels/mla_rope_cache.py) and attention in the absorbed
+// form over the paged latent cache, as four launches: queries into the latent (mla_head_gemm.py),
+// attention with the context split across programs when there are too few tokens to fill the GPU
+// (mla_attention.py), the splits' combine, and the latent output to values (mla_head_gemm.py).
+#include <algorithm>
+#include <cstdint>
+#include <numbers>
+#include <string>
+
+#include "backend/cuda/cuda_ops.h"
+#include "backend/cuda/trident_kernels.h"
+#include "core/error.h"
+
+namespace trident::cuda {
+
+namespace {
+
+constexpr int kPage = AttentionMeta::kPageSize;
+// A split covers at least this many positions, so a program's pipeline has tiles to overlap.
+constexpr int kMinPositionsPerSplit = 128;
+constexpr int kMaxSplits = 64;
+constexpr int64_t kI32Limit = int64_t(1) << 31;
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// The latent sizes the MLA kernels are compiled for, checked up front so the error says what to
+// change rather than which tag no variant has.
+void expect_compiled_latent(const char* op, const MlaParams& p) {
+  const bool known = (p.kv_lora_rank == 512 && p.qk_rope_dim == 64) ||
+                     (p.kv_lora_rank == 128 && p.qk_rope_dim == 32);
+  TRI_CHECK(known,
+            "{}: kv_lora_rank {} with qk_rope_head_dim {} has no compiled MLA kernel (compiled: "
+            "512/64 as DeepSeek-V2/V3, 128/32 as trident-tiny); add the pair to LATENT_DIMS in "
+            "kernels/mla_rope_cache.py and kernels/mla_attention.py",
+            op, p.kv_lora_rank, p.qk_rope_dim);
+}
+
+void expect_cache(const OpContext& ctx, const char* op, const KvLayer& cache, const MlaParams& p) {
+  expect_device_tensor(ctx, cache.pages, op, "cache pages", {DType::BF16});
+  const int64_t row = p.kv_lora_rank + p.qk_rope_dim;
+  TRI_CHECK(cache.pages.row_size() == kPage * row, "{}: cache pages {} are not [n, {}, {}]", op,
+            cache.pages.shape_str(), kPage, row);
+}
+
+void expect_meta_tensor(const OpContext& ctx, const char* op, const Tensor& t, const char* name,
+                        int64_t numel) {
+  expect_device_tensor(ctx, t, op, name, {DType::I32});
+  TRI_CHECK(t.numel() == numel, "{}: meta.{} {} should hold {} values", op, name, t.shape_str(),
+            numel);
+}
+
+void expect_query(const OpContext& ctx, const char* op, const Tensor& q, const MlaParams& p,
+                  int T) {
+  expect_device_tensor(ctx, q, op, "q", {DType::BF16});
+  const int64_t qk = p.qk_nope_dim + p.qk_rope_dim;
+  TRI_CHECK(q.dim(0) == T && q.numel() == int64_t(T) * p.n_heads * qk,
+            "{}: q {} does not hold {} tokens x {} heads x {}", op, q.shape_str(), T, p.n_heads,
+            qk);
+}
+
+// C[h] = A[h] B[h] for every head h (kernels/mla_head_gemm.py); strides in elements.
+struct HeadGemm {
+  CUdeviceptr a, b, c;
+  int64_t M, N, K;
+  int64_t stride_am, stride_ab, stride_bb, stride_b_row, stride_cm, stride_cb;
+  bool b_nk;
+};
+
+void head_gemm(const OpContext& ctx, int heads, const HeadGemm& g) {
+  const int block_m = g.M <= 16 ? 16 : g.M <= 64 ? 64 : 128;
+  const KernelVariant& variant = select_variant(
+      "mla_head_gemm", ctx.device.arch(), {{"B_NK", g.b_nk ? 1 : 0}, {"BLOCK_M", block_m}});
+  const int64_t tiles =
+      ceil_div(g.M, variant.tag("BLOCK_M")) * ceil_div(g.N, variant.tag("BLOCK_N"));
+  TRI_CHECK(tiles < kI32Limit, "mla_attention: {} tokens are too many for one launch", g.M);
+  kernels::mla_head_gemm({ctx.device, ctx.stream, {unsigned(tiles), unsigned(heads), 1}}, variant,
+                         g.a, g.b, g.c, int32_t(g.M), int32_t(g.N), int32_t(g.K),
+                         int32_t(g.stride_am), int32_t(g.stride_ab), g.stride_bb,
+                         int32_t(g.stride_b_row), int32_t(g.stride_cm), int32_t(g.stride_cb));
+}
+
+// Context splits: enough (token, head block) programs for about one per multiprocessor, each
+// split at least kMinPositionsPerSplit long for the longest context.
+int choose_splits(int64_t programs, int max_kv_len, int sm_count) {
+  if (programs >= sm_count) return 1;
+  const int64_t by_programs = ceil_div(sm_count, programs);
+  const int64_t by_length = std::max<int64_t>(1, max_kv_len / kMinPositionsPerSplit);
+  return int(std::clamp<int64_t>(std::min(by_programs, by_length), 1, kMaxSplits));
+}
+
+}  // namespace
+
+void mla_rope_cache_write(const OpContext& ctx, Tensor& q, const Tensor& kv, const MlaWeights& w,
+                          const MlaParams& p, const RopeTable& rope, const AttentionMeta& meta,
+                          KvLayer& cache) {
+  const char* op = "mla_rope_cache_write";
+  const int T = meta.n_tokens;
+  expect_compiled_latent(op, p);
+  expect_query(ctx, op, q, p, T);
+  expect_device_tensor(ctx, kv, op, "kv", {DType::BF16});
+  const int64_t row = p.kv_lora_rank + p.qk_rope_dim;
+  TRI_CHECK(kv.dim(0) == T && kv.row_size() == row, "{}: kv {} does not hold {} tokens x {}", op,
+            kv.shape_str(), T, row);
+  expect_device_tensor(ctx, w.kv_a_norm, op, "kv_a_norm", {DType::BF16, DType::F32});
+  TRI_CHECK(w.kv_a_norm.numel() == p.kv_lora_rank, "{}: kv_a_norm has {} elements, not {}", op,
+            w.kv_a_norm.numel(), p.kv_lora_rank);
+  expect_device_tensor(ctx, rope.inv_freq, op, "rope inv_freq", {DType::F32});
+  TRI_CHECK(rope.inv_freq.numel() == p.qk_rope_dim / 2, "{}: inv_freq has {} elements, not {}",
+            op, rope.inv_freq.numel(), p.qk_rope_dim / 2);
+  expect_meta_tensor(ctx, op, meta.positions, "positions", T);
+  expect_meta_tensor(ctx, op, meta.slot, "slot", T);
+  expect_cache(ctx, op, cache, p);
+  if (T == 0) return;
+  const KernelVariant& variant = select_variant(
+      "mla_rope_cache_write", ctx.device.arch(),
+      {{"KV_LORA", p.kv_lora_rank},
+       {"ROPE", p.qk_rope_dim},
+       {"W", int(w.kv_a_norm.dtype == DType::F32 ? KernelDType::F32 : KernelDType::BF16)}});
+  kernels::mla_rope_cache_write({ctx.device, ctx.stream, {unsigned(T), 1, 1}}, variant,
+                                device_ptr(q), device_ptr(kv), device_ptr(w.kv_a_norm),
+                                device_ptr(rope.inv_freq), device_ptr(meta.positions),
+                                device_ptr(meta.slot), device_ptr(cache.pages), p.n_heads,
+                                p.qk_nope_dim, cache.pages.dim(0) * kPage, p.kv_norm_eps,
+                                rope.attention_factor);
+}
+
+MlaChoice mla_attention(const OpContext& ctx, const Tensor& q, const MlaWeights& w,
+                        const MlaParams& p, const AttentionMeta& meta, const KvLayer& cache,
+                        Tensor& out, const MlaChoice* forced) {
+  const char* op = "mla_attention";
+  const int T = meta.n_tokens, S = meta.n_seqs, H = p.n_heads;
+  const int64_t L = p.kv_lora_rank, R = p.qk_rope_dim, nope = p.qk_nope_dim, V = p.v_dim;
+  expect_compiled_latent(op, p);
+  expect_query(ctx, op, q, p, T);
+  expect_device_tensor(ctx, w.w_uk, op, "w_uk", {DType::BF16});
+  expect_device_tensor(ctx, w.w_uv, op, "w_uv", {DType::BF16});
+  TRI_CHECK(w.w_uk.numel() == H * nope * L, "{}: w_uk {} is not [{}, {}, {}]", op,
+            w.w_uk.shape_str(), H, nope, L);
+  TRI_CHECK(w.w_uv.numel() == H * V * L, "{}: w_uv {} is not [{}, {}, {}]", op,
+            w.w_uv.shape_str(), H, V, L);
+  expect_device_tensor(ctx, out, op, "out", {DType::BF16});
+  TRI_CHECK(out.dim(0) == T && out.numel() == int64_t(T) * H * V,
+            "{}: out {} does not hold {} tokens x {} heads x {}", op, out.shape_str(), T, H, V);
+  TRI_CHECK(nope % 16 == 0 && V % 16 == 0, "{}: qk_nope_head_dim {} and v_head_dim {} must be "
+            "multiples of 16 for the per-head GEMMs", op, nope, V);
+  expect_meta_tensor(ctx, op, meta.positions, "positions", T);
+  expect_meta_tensor(ctx, op, meta.token_seq, "token_seq", T);
+  expect_meta_tensor(ctx, op, meta.page_table, "page_table", int64_t(S) * meta.max_pages_per_seq);
+  expect_cache(ctx, op, cache, p);
+  if (T == 0) return {};
+  TRI_CHECK(meta.max_kv_len > 0,
+            "{}: meta.max_kv_len is {}; the context split needs the longest context in the step "
+            "(build_step sets it)",
+            op, meta.max_kv_len);
+
+  Tensor q_lat = device_tensor(ctx.device, DType::BF16, {T, H, L});
+  const int64_t qk = nope + R;
+  head_gemm(ctx, H, {device_ptr(q), device_ptr(w.w_uk), device_ptr(q_lat), T, L, nope, H * qk, qk,
+                     nope * L, L, H * L, L, false});
+
+  // 64 heads fill a Hopper warpgroup's rows; models with fewer heads take the 16-row tiles.
+  const int arch = ctx.device.arch();
+  const KernelVariant* direct = nullptr;
+  if (forced && !forced->variant.empty()) {
+    direct = &find_variant("mla_attention", arch, forced->variant);
+    TRI_CHECK(direct->tag("KV_LORA") == L && direct->tag("ROPE") == R,
+              "{}: variant {} is for a latent of {}/{}, the model's is {}/{}", op, forced->variant,
+              direct->tag("KV_LORA"), direct->tag("ROPE"), L, R);
+  } else {
+    direct = &select_variant(
+        "mla_attention", arch,
+        {{"KV_LORA", int(L)}, {"ROPE", int(R)}, {"BLOCK_H", H >= 64 ? 64 : 16}, {"SPLIT", 0}});
+  }
+  const int block_h = direct->tag("BLOCK_H");
+  const int64_t head_blocks = ceil_div(H, block_h);
+  TRI_CHECK(head_blocks < 65536 && T < 65536,
+            "{}: {} tokens x {} heads exceed the attention grid (65535 x 65535); split the step",
+            op, T, H);
+  int splits = forced && forced->splits > 0
+                   ? forced->splits
+                   : choose_splits(T * head_blocks, meta.max_kv_len, ctx.device.sm_count());
+  splits = std::clamp(splits, 1, 65535);
+  const float scale_log2 = p.softmax_scale * std::numbers::log2e_v<float>;
+  const Launch attend{ctx.device, ctx.stream, {unsigned(head_blocks), unsigned(T), unsigned(splits)}};
+
+  Tensor o_lat = device_tensor(ctx.device, DType::BF16, {T, H, L});
+  if (splits == 1) {
+    kernels::mla_attention(attend, *direct, device_ptr(q_lat), device_ptr(q),
+                           device_ptr(cache.pages), device_ptr(meta.page_table),
+                           device_ptr(meta.token_seq), device_ptr(meta.positions),
+                           device_ptr(o_lat), device_ptr(o_lat), H, int32_t(nope),
+                           meta.max_pages_per_seq, 1, scale_log2);
+  } else {
+    const KernelVariant& partial =
+        find_variant("mla_attention", arch, std::string(direct->name) + "_split");
+    Tensor partial_out = device_tensor(ctx.device, DType::F32, {splits, T, H, L});
+    Tensor lse = device_tensor(ctx.device, DType::F32, {splits, T, H});
+    kernels::mla_attention(attend, partial, device_ptr(q_lat), device_ptr(q),
+                           device_ptr(cache.pages), device_ptr(meta.page_table),
+                           device_ptr(meta.token_seq), device_ptr(meta.positions),
+                           device_ptr(partial_out), device_ptr(lse), H, int32_t(nope),
+                           meta.max_pages_per_seq, splits, scale_log2);
+    const KernelVariant& combine =
+        select_variant("mla_combine", arch, {{"KV_LORA", int(L)}});
+    const int64_t rows = int64_t(T) * H;
+    TRI_CHECK(rows < kI32Limit, "{}: {} token-heads are too many for one launch", op, rows);
+    kernels::mla_combine({ctx.device, ctx.stream, {unsigned(rows), 1, 1}}, combine,
+                         device_ptr(partial_out), device_ptr(lse), device_ptr(o_lat), rows, splits);
+  }
+
+  head_gemm(ctx, H, {device_ptr(o_lat), device_ptr(w.w_uv), device_ptr(out), T, V, L, H * L, L,
+                     V * L, L, H * V, V, true});
+  const std::string name = direct->name;
+  return {name, splits};
+}
+
+}  // namespace trident::cuda
