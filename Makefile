@@ -25,13 +25,19 @@ test: build
 clean:
 	rm -rf $(BUILD)
 
-# The CUDA backend on a GPU machine: `make test-gpu OUT=dir` builds it (kernels included) and runs
-# its tests against the CPU backend; `make bench-kernels OUT=dir` times the kernels against their
-# peers and appends to bench/RESULTS.md (BENCH_FLAGS=--sweep also times every GEMM tile). Logs go
-# to $(OUT).
+# The CUDA backend on a GPU machine: `make test-gpu OUT=dir` builds it (kernels included), runs
+# its op and whole-model tests against the CPU reference and transformers' logits, and runs the
+# shipped model through `generate` and `eval` on the GPU; `make bench-kernels OUT=dir` times the
+# kernels against their peers and appends to bench/RESULTS.md (BENCH_FLAGS=--sweep also times
+# every GEMM tile). Logs go to $(OUT). Libraries the GPU machine lacks can be unpacked into
+# .deps (scripts/gpu-deps.sh) and compiled kernels cached in .kcache, both carried there.
 GPU_BUILD ?= build-cuda
 OUT ?= $(GPU_BUILD)/logs
 BENCH_FLAGS ?=
+GPU_DEPS ?= $(CURDIR)/.deps/usr
+KERNEL_CACHE ?= $(CURDIR)/.kcache
+GPU_MODEL ?= models/trident-tiny
+HELD_OUT ?= tests/data/heldout/austen-test.txt
 
 .PHONY: gpu-build test-gpu bench-kernels
 gpu-build test-gpu bench-kernels: SHELL := /bin/bash
@@ -39,11 +45,17 @@ gpu-build test-gpu bench-kernels: .SHELLFLAGS := -o pipefail -c
 
 gpu-build:
 	mkdir -p $(OUT)
-	cmake -S . -B $(GPU_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release -DTRIDENT_CUDA=ON $(CMAKE_FLAGS) 2>&1 | tee $(OUT)/configure.log
-	cmake --build $(GPU_BUILD) -j $(JOBS) --target trident_gpu_tests trident_kernel_bench 2>&1 | tee $(OUT)/build.log
+	cmake -S . -B $(GPU_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release -DTRIDENT_CUDA=ON \
+	  -DTRIDENT_KERNEL_CACHE=$(KERNEL_CACHE) $(if $(wildcard $(GPU_DEPS)),-DCMAKE_PREFIX_PATH=$(GPU_DEPS)) \
+	  $(CMAKE_FLAGS) 2>&1 | tee $(OUT)/configure.log
+	cmake --build $(GPU_BUILD) -j $(JOBS) --target trident trident_gpu_tests trident_kernel_bench 2>&1 | tee $(OUT)/build.log
 
 test-gpu: gpu-build
 	TRIDENT_CUDA_SYNC=1 $(GPU_BUILD)/trident_gpu_tests --gtest_output=xml:$(OUT)/gpu_tests.xml 2>&1 | tee $(OUT)/gpu_tests.log
+	{ for m in $(GPU_MODEL) $(GPU_MODEL)-fp8; do \
+	    $(GPU_BUILD)/trident generate --device cuda --model $$m --prompt "It is a truth universally acknowledged" -n 48 --stats && \
+	    $(GPU_BUILD)/trident eval --device cuda --model $$m --text $(HELD_OUT) || exit 1; \
+	  done; } 2>&1 | tee $(OUT)/model.log
 
 bench-kernels: gpu-build
 	python3 bench/bench_kernels.py --bench-binary $(GPU_BUILD)/trident_kernel_bench --out $(OUT) --results bench/RESULTS.md $(BENCH_FLAGS) 2>&1 | tee $(OUT)/bench.log

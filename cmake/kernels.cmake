@@ -76,6 +76,9 @@ if(TRIDENT_TESTS)
   add_executable(trident_gpu_tests ${TRIDENT_GPU_TEST_SOURCES})
   target_compile_options(trident_gpu_tests PRIVATE ${TRIDENT_WARNINGS})
   target_link_libraries(trident_gpu_tests PRIVATE trident_lib GTest::gtest GTest::gtest_main)
+  target_compile_definitions(trident_gpu_tests PRIVATE
+    TRIDENT_TEST_DATA="${CMAKE_CURRENT_SOURCE_DIR}/tests/data"
+    TRIDENT_MODELS_DIR="${CMAKE_CURRENT_SOURCE_DIR}/models")
 endif()
 
 # Times the kernels for bench/bench_kernels.py.

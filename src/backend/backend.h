@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "core/tensor.h"
@@ -97,6 +98,13 @@ struct ExpertWeights {
   std::vector<int32_t> global_to_local;
 };
 
+// Memory a backend takes from its device for the process (GPUs); the CPU backend has none to plan.
+struct DeviceMemory {
+  int64_t reserved = 0;     // bytes taken from the device, at start, for every tensor of the run
+  int64_t in_use = 0;       // bytes held by live tensors
+  int64_t peak_in_use = 0;  // most bytes held at once since reset_memory_peak()
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -110,6 +118,9 @@ class Backend {
   virtual Tensor upload(const Tensor& host) = 0;
   virtual void to_host(const Tensor& src, void* dst) = 0;
   virtual void synchronize() = 0;
+  // The device memory plan's figures, or nullopt where the backend plans none (CPU).
+  virtual std::optional<DeviceMemory> device_memory() { return std::nullopt; }
+  virtual void reset_memory_peak() {}
 
   // out[t] = table[ids[t]]
   virtual void embedding(const Tensor& ids, const Tensor& table, Tensor& out) = 0;

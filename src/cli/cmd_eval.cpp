@@ -24,6 +24,7 @@ struct EvalArgs {
   std::string text;
   std::string device = "cpu";
   PerplexityOptions perplexity;
+  double gpu_memory_fraction = 0.9;
   bool json = false;
 };
 
@@ -43,6 +44,7 @@ void run_eval(const EvalArgs& a) {
   eo.device = a.device;
   eo.max_context = a.perplexity.window + 1;
   eo.kv_pages = perplexity_kv_pages(a.perplexity);
+  eo.gpu_memory_fraction = a.gpu_memory_fraction;
   eo.show_progress = !a.json;
   Engine engine(eo);
 
@@ -91,6 +93,9 @@ void register_eval(CLI::App& app) {
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--batch", args->perplexity.windows_per_step, "Windows per forward step")
       ->check(CLI::Range(1, 1024));
+  cmd->add_option("--gpu-memory-fraction", args->gpu_memory_fraction,
+                  "Fraction of the GPU's memory to reserve at start")
+      ->check(CLI::Range(0.01, 1.0));
   cmd->add_flag("--json", args->json, "Print the result as JSON");
   cmd->callback([args] { run_eval(*args); });
 }

@@ -28,6 +28,7 @@ struct GenerateArgs {
   float top_p = 1.0f;
   uint64_t seed = 0;
   int max_context = 0;
+  double gpu_memory_fraction = 0.9;
   bool ignore_eos = false;
   bool stats = false;
   ParallelArgs parallel;
@@ -75,6 +76,7 @@ void run_generate(const GenerateArgs& a) {
   eo.model_dir = a.model;
   eo.device = a.device;
   eo.max_context = a.max_context;
+  eo.gpu_memory_fraction = a.gpu_memory_fraction;
   eo.show_progress = true;
   if (!ranks) {
     generate_text(a, eo);
@@ -83,6 +85,7 @@ void run_generate(const GenerateArgs& a) {
   // Rank 0 runs the prompt; the other ranks serve their experts until it is done. Any rank's
   // error stops them all, naming the rank.
   eo.ranks = &ranks->comm();
+  eo.device_index = ranks->info().local_rank;
   eo.expert_parallel = a.parallel.options();
   eo.redundant_experts = a.parallel.redundant_experts;
   try {
@@ -121,6 +124,9 @@ void register_generate(CLI::App& app) {
   cmd->add_option("--seed", args->seed, "Sampling seed");
   cmd->add_option("--max-context", args->max_context, "Context length in tokens (0: model's, up to 8192)")
       ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--gpu-memory-fraction", args->gpu_memory_fraction,
+                  "Fraction of the GPU's memory to reserve at start (weights, KV cache, workspace)")
+      ->check(CLI::Range(0.01, 1.0));
   cmd->add_flag("--ignore-eos", args->ignore_eos, "Keep generating past the end-of-sequence token");
   cmd->add_flag("--stats", args->stats, "Print token counts and speed to stderr");
   add_parallel_options(*cmd, args->parallel);

@@ -5,6 +5,11 @@
 
 namespace trident {
 
+int64_t kv_page_bytes(const ModelConfig& config, DType dtype) {
+  return int64_t(config.num_hidden_layers) * AttentionMeta::kPageSize * config.kv_cache_dim() *
+         int64_t(dtype_size(dtype));
+}
+
 KvCache make_kv_cache(Backend& backend, const ModelConfig& config, int n_pages) {
   KvCache cache;
   cache.n_pages = n_pages;

@@ -11,6 +11,8 @@
 
 namespace trident {
 
+// Bytes of one KV page across every layer: what each page of the pool costs.
+int64_t kv_page_bytes(const ModelConfig& config, DType dtype);
 KvCache make_kv_cache(Backend& backend, const ModelConfig& config, int n_pages);
 
 // Runs the routed experts of MoE layers whose experts are spread over ranks (src/parallel).

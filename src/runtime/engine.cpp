@@ -7,12 +7,25 @@
 
 #include "core/error.h"
 #include "runtime/step_builder.h"
+#ifdef TRIDENT_CUDA
+#include "backend/cuda/cuda_backend.h"
+#endif
 
 namespace trident {
 
-std::unique_ptr<Backend> make_backend(const std::string& device) {
+std::unique_ptr<Backend> make_backend(const std::string& device, int device_index,
+                                      double gpu_memory_fraction) {
   if (device == "cpu") return make_cpu_backend();
+#ifdef TRIDENT_CUDA
+  if (device == "cuda") return make_cuda_backend(device_index, gpu_memory_fraction);
+  fail("unknown device '{}' (this build supports: cpu, cuda)", device);
+#else
+  if (device == "cuda")
+    fail(
+        "this trident was built without the CUDA backend (no CUDA toolkit or triton 3.6 when it "
+        "was configured, or -DTRIDENT_CUDA=OFF); use --device cpu or rebuild");
   fail("unknown device '{}' (this build supports: cpu)", device);
+#endif
 }
 
 namespace {
@@ -34,7 +47,8 @@ LoadOptions progress_options(bool show) {
 }  // namespace
 
 Engine::Engine(const EngineOptions& options)
-    : backend_(make_backend(options.device)), checkpoint_(Checkpoint::open(options.model_dir)) {
+    : backend_(make_backend(options.device, options.device_index, options.gpu_memory_fraction)),
+      checkpoint_(Checkpoint::open(options.model_dir)) {
   ModelConfig config = ModelConfig::from_file(options.model_dir / "config.json");
   auto t0 = std::chrono::steady_clock::now();
   LoadOptions load = progress_options(options.show_progress);
@@ -56,13 +70,63 @@ Engine::Engine(const EngineOptions& options)
   TRI_CHECK(max_context_ <= config.max_position_embeddings,
             "max context {} exceeds the model's max_position_embeddings {}", max_context_,
             config.max_position_embeddings);
-  int pages = options.kv_pages > 0 ? options.kv_pages
-                                   : pages_for_tokens(max_context_, AttentionMeta::kPageSize);
   model_ = std::make_unique<DeepseekV3>(std::move(config), std::move(weights), *backend_);
   model_->set_routed_experts_hook(ep_.get());
   if (ep_) ep_->wait_for_ranks_loaded();
+  int pages = options.kv_pages;
+  // The trial step of the memory plan runs the MoE layers, which across ranks would be a
+  // collective only this rank joins: ranks size their pools from the options instead.
+  if (pages == 0 && backend_->device_memory() && !ep_)
+    pages = plan_kv_pages(options.max_step_tokens > 0 ? options.max_step_tokens : max_context_);
+  if (pages == 0) pages = pages_for_tokens(max_context_, AttentionMeta::kPageSize);
   cache_ = make_kv_cache(*backend_, model_->config(), pages);
   pool_ = std::make_unique<KvPagePool>(pages);
+}
+
+int Engine::plan_kv_pages(int step_tokens) {
+  const ModelConfig& c = model_->config();
+  step_tokens = std::min(step_tokens, max_context_);
+  DeviceMemory before = *backend_->device_memory();
+  // A trial prefill of one sequence of step_tokens tokens, with its own small cache, measures the
+  // workspace a step needs; everything it allocated is freed when it returns.
+  backend_->reset_memory_peak();
+  {
+    int trial_pages = pages_for_tokens(step_tokens, AttentionMeta::kPageSize);
+    KvCache trial = make_kv_cache(*backend_, c, trial_pages);
+    std::vector<int32_t> tokens(step_tokens, 0), pages(trial_pages);
+    for (int p = 0; p < trial_pages; ++p) pages[p] = p;
+    StepChunk chunk{&tokens, 0, step_tokens, &pages, true};
+    StepInput in = upload_step(*backend_, build_step({chunk}));
+    model_->forward(in, trial);
+    backend_->synchronize();
+  }
+  DeviceMemory after = *backend_->device_memory();
+  const int64_t page_bytes = kv_page_bytes(c, backend_->activation_dtype());
+  // The step's workspace, plus 5% of the reservation for what one trial cannot see (different
+  // batch shapes, allocator rounding).
+  const int64_t workspace = after.peak_in_use - before.in_use;
+  const int64_t margin = after.reserved / 20;
+  const int64_t left = after.reserved - after.in_use - workspace - margin;
+  TRI_CHECK(left >= page_bytes * pages_for_tokens(max_context_, AttentionMeta::kPageSize),
+            "GPU memory plan: {:.2f} GB reserved, {:.2f} GB of weights, {:.2f} GB of workspace for "
+            "a {}-token step leave {:.2f} GB, less than one {}-token sequence's KV cache; raise "
+            "--gpu-memory-fraction or lower --max-context",
+            after.reserved / 1e9, after.in_use / 1e9, workspace / 1e9, step_tokens,
+            std::max<int64_t>(left, 0) / 1e9, max_context_);
+  MemoryPlan plan;
+  plan.reserved = after.reserved;
+  plan.weights = after.in_use;
+  plan.step_workspace = workspace;
+  plan.kv_pages = int(std::min<int64_t>(left / page_bytes, 1 << 30));
+  plan.kv = int64_t(plan.kv_pages) * page_bytes;
+  spdlog::info(
+      "GPU memory plan: {:.2f} GB reserved = {:.2f} GB weights + {:.2f} GB workspace ({}-token "
+      "steps) + {:.2f} GB KV cache ({} pages, {} tokens) + {:.2f} GB margin",
+      plan.reserved / 1e9, plan.weights / 1e9, workspace / 1e9, step_tokens, plan.kv / 1e9,
+      plan.kv_pages, int64_t(plan.kv_pages) * AttentionMeta::kPageSize,
+      (plan.reserved - plan.weights - workspace - plan.kv) / 1e9);
+  memory_plan_ = plan;
+  return plan.kv_pages;
 }
 
 GenerateResult Engine::generate(const std::vector<int32_t>& prompt, const GenerateOptions& options,

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -20,14 +21,29 @@ namespace trident {
 struct EngineOptions {
   std::filesystem::path model_dir;
   std::string device = "cpu";
-  int max_context = 0;  // tokens per sequence; 0: min(max_position_embeddings, 8192)
-  int kv_pages = 0;     // 0: enough for one sequence of max_context tokens
+  int device_index = 0;  // which GPU (cuda)
+  int max_context = 0;   // tokens per sequence; 0: min(max_position_embeddings, 8192)
+  // KV pages. 0: on a device with a memory plan (cuda), every page that fits in the reservation
+  // beside the weights and the workspace of a step of max_step_tokens; elsewhere, enough for one
+  // sequence of max_context tokens.
+  int kv_pages = 0;
+  // GPU: the fraction of the device's memory Trident reserves at start (weights, KV, workspace).
+  double gpu_memory_fraction = 0.9;
+  // The most tokens one step will carry (the scheduler's budget); sizes the workspace that the
+  // memory plan sets aside. 0: max_context.
+  int max_step_tokens = 0;
   bool show_progress = false;
   // Expert parallelism: this run's ranks (null: this process holds every expert). Each rank loads
   // only its experts; every rank must then call generate or follow_other_ranks.
   Communicator* ranks = nullptr;
   ExpertParallelOptions expert_parallel;
   int redundant_experts = 0;
+};
+
+// What the memory plan decided (cuda): logged at start and exported by the server.
+struct MemoryPlan {
+  int64_t reserved = 0, weights = 0, step_workspace = 0, kv = 0;
+  int kv_pages = 0;
 };
 
 struct GenerateOptions {
@@ -51,6 +67,8 @@ class Engine {
   Backend& backend() { return *backend_; }
   KvPagePool& pool() { return *pool_; }
   KvCache& cache() { return cache_; }
+  // Null where the backend plans no device memory (CPU).
+  const std::optional<MemoryPlan>& memory_plan() const { return memory_plan_; }
 
   // Runs one request to the end. on_token sees each new token and may return false to stop.
   GenerateResult generate(const std::vector<int32_t>& prompt, const GenerateOptions& options,
@@ -65,6 +83,9 @@ class Engine {
   // Expert parallelism: every rank starts each step together. False when no rank has work left;
   // a rank without tokens in this step runs the MoE exchanges for the others.
   bool begin_ranked_step(int tokens, bool has_work);
+  // KV pages that fit in the device's reservation after a trial step of `step_tokens` tokens
+  // measured the workspace a step needs.
+  int plan_kv_pages(int step_tokens);
 
   std::unique_ptr<Backend> backend_;
   Checkpoint checkpoint_;
@@ -73,8 +94,12 @@ class Engine {
   KvCache cache_;
   std::unique_ptr<KvPagePool> pool_;
   int max_context_ = 0;
+  std::optional<MemoryPlan> memory_plan_;
 };
 
-std::unique_ptr<Backend> make_backend(const std::string& device);
+// "cpu", or "cuda" on GPU `device_index` with the memory plan's fraction.
+std::unique_ptr<Backend> make_backend(const std::string& device, int device_index = 0,
+                                      double gpu_memory_fraction = 0);
+
 
 }  // namespace trident

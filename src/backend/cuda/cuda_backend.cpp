@@ -1,5 +1,6 @@
 #include "backend/cuda/cuda_backend.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "backend/cuda/cuda_driver.h"
@@ -12,8 +13,27 @@ namespace {
 [[noreturn]] void not_implemented(const char* op) { fail("not implemented on CUDA yet: {}", op); }
 }  // namespace
 
-CudaBackend::CudaBackend(int device_ordinal)
-    : ops_{DeviceContext::get(device_ordinal), DeviceContext::get(device_ordinal).stream()} {}
+CudaBackend::CudaBackend(int device_ordinal, double memory_fraction)
+    : ops_{DeviceContext::get(device_ordinal), DeviceContext::get(device_ordinal).stream()} {
+  if (memory_fraction <= 0) return;
+  TRI_CHECK(memory_fraction <= 1.0, "GPU memory fraction {} must be in (0, 1]", memory_fraction);
+  auto [free_bytes, total_bytes] = ops_.device.device_free_total();
+  const size_t ours = ops_.device.pool_usage().reserved;
+  const size_t others = total_bytes - free_bytes - std::min(ours, total_bytes - free_bytes);
+  const double want = memory_fraction * double(total_bytes) - double(others);
+  TRI_CHECK(want > 0,
+            "GPU memory fraction {} of CUDA device {} ({:.1f} GB) leaves nothing for Trident: "
+            "other processes use {:.1f} GB; raise --gpu-memory-fraction or free the GPU",
+            memory_fraction, device_ordinal, total_bytes / 1e9, others / 1e9);
+  ops_.device.reserve(size_t(want));
+}
+
+std::optional<DeviceMemory> CudaBackend::device_memory() {
+  DeviceContext::PoolUsage u = ops_.device.pool_usage();
+  return DeviceMemory{int64_t(u.reserved), int64_t(u.in_use), int64_t(u.peak_in_use)};
+}
+
+void CudaBackend::reset_memory_peak() { ops_.device.reset_peak(); }
 
 Tensor CudaBackend::alloc(DType dtype, std::initializer_list<int64_t> shape) {
   ops_.device.make_current();
@@ -136,8 +156,8 @@ void CudaBackend::moe_experts(const Tensor&, const Tensor&, const Tensor&, const
 
 namespace trident {
 
-std::unique_ptr<Backend> make_cuda_backend(int device_ordinal) {
-  return std::make_unique<cuda::CudaBackend>(device_ordinal);
+std::unique_ptr<Backend> make_cuda_backend(int device_ordinal, double memory_fraction) {
+  return std::make_unique<cuda::CudaBackend>(device_ordinal, memory_fraction);
 }
 
 }  // namespace trident

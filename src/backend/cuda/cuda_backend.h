@@ -16,7 +16,11 @@ class DeviceContext;
 
 class CudaBackend final : public Backend {
  public:
-  explicit CudaBackend(int device_ordinal);
+  // memory_fraction > 0: the memory plan. The backend reserves, at once, what is left of that
+  // fraction of the device's memory after other processes' use; weights, KV cache and every
+  // step's workspace then come from that reservation (DeviceContext::reserve). 0: the pool grows
+  // as needed (tests, tools).
+  explicit CudaBackend(int device_ordinal, double memory_fraction = 0);
 
   Device device() const override { return Device::CUDA; }
   DType activation_dtype() const override { return DType::BF16; }
@@ -25,6 +29,8 @@ class CudaBackend final : public Backend {
   Tensor upload(const Tensor& host) override;
   void to_host(const Tensor& src, void* dst) override;
   void synchronize() override;
+  std::optional<DeviceMemory> device_memory() override;
+  void reset_memory_peak() override;
 
   void embedding(const Tensor& ids, const Tensor& table, Tensor& out) override;
   void rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& out) override;
@@ -69,6 +75,6 @@ namespace trident {
 
 // The CUDA backend on GPU `device_ordinal`; fails if there is no driver, no such GPU, or no
 // kernels compiled for its architecture.
-std::unique_ptr<Backend> make_cuda_backend(int device_ordinal = 0);
+std::unique_ptr<Backend> make_cuda_backend(int device_ordinal = 0, double memory_fraction = 0);
 
 }  // namespace trident

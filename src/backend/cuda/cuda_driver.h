@@ -31,6 +31,7 @@ namespace trident::cuda {
   X(cuStreamCreate)                      \
   X(cuStreamSynchronize)                 \
   X(cuMemPoolSetAttribute)               \
+  X(cuMemPoolGetAttribute)               \
   X(cuMemAllocAsync)                     \
   X(cuMemFreeAsync)                      \
   X(cuMemcpyHtoDAsync)                   \

@@ -69,10 +69,9 @@ DeviceContext::DeviceContext(int ordinal) : ordinal_(ordinal) {
   check(api.cuStreamCreate(&stream_, CU_STREAM_NON_BLOCKING), "creating a stream on " + where);
   // Keep freed memory in the pool instead of returning it to the driver at every
   // synchronization: allocations then cost no driver round trip after warm-up.
-  CUmemoryPool pool{};
-  check(api.cuDeviceGetDefaultMemPool(&pool, device_), "getting the memory pool of " + where);
+  check(api.cuDeviceGetDefaultMemPool(&pool_, device_), "getting the memory pool of " + where);
   cuuint64_t keep_all = UINT64_MAX;
-  check(api.cuMemPoolSetAttribute(pool, CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, &keep_all),
+  check(api.cuMemPoolSetAttribute(pool_, CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, &keep_all),
         "setting the memory pool release threshold of " + where);
 }
 
@@ -130,6 +129,44 @@ CUdeviceptr DeviceContext::allocate(size_t bytes) {
 void DeviceContext::release(CUdeviceptr ptr) noexcept {
   // Errors here mean the process is tearing the driver down; nothing useful can be done.
   if (ptr != 0) cu().cuMemFreeAsync(ptr, stream_);
+}
+
+size_t DeviceContext::reserve(size_t bytes) {
+  make_current();
+  PoolUsage now = pool_usage();
+  if (bytes > now.reserved) {
+    // One block of what is missing: freed, it stays in the pool.
+    CUdeviceptr block = allocate(bytes - now.reserved);
+    release(block);
+    check(cu().cuStreamSynchronize(stream_), fmt::format("reserving memory on CUDA device {}", ordinal_));
+  }
+  return pool_usage().reserved;
+}
+
+DeviceContext::PoolUsage DeviceContext::pool_usage() {
+  auto get = [&](CUmemPool_attribute attr, const char* what) {
+    cuuint64_t v = 0;
+    check(cu().cuMemPoolGetAttribute(pool_, attr, &v),
+          fmt::format("reading the memory pool's {} on CUDA device {}", what, ordinal_));
+    return size_t(v);
+  };
+  return {get(CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT, "reserved bytes"),
+          get(CU_MEMPOOL_ATTR_USED_MEM_CURRENT, "used bytes"),
+          get(CU_MEMPOOL_ATTR_USED_MEM_HIGH, "peak used bytes")};
+}
+
+void DeviceContext::reset_peak() {
+  cuuint64_t zero = 0;
+  check(cu().cuMemPoolSetAttribute(pool_, CU_MEMPOOL_ATTR_USED_MEM_HIGH, &zero),
+        fmt::format("resetting the memory pool's peak on CUDA device {}", ordinal_));
+}
+
+std::pair<size_t, size_t> DeviceContext::device_free_total() const {
+  make_current();
+  size_t free_bytes = 0, total_bytes = 0;
+  check(cu().cuMemGetInfo(&free_bytes, &total_bytes),
+        fmt::format("reading the memory of CUDA device {}", ordinal_));
+  return {free_bytes, total_bytes};
 }
 
 }  // namespace trident::cuda

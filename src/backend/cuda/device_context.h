@@ -10,6 +10,7 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <utility>
 
 #include "backend/cuda/kernel_launch.h"
 
@@ -38,6 +39,21 @@ class DeviceContext {
   CUdeviceptr allocate(size_t bytes);
   void release(CUdeviceptr ptr) noexcept;
 
+  // The memory plan: takes `bytes` from the device into this context's pool at once (allocated,
+  // then freed into the pool, which keeps it), so that every later allocation, weights, KV cache
+  // and step workspace alike, is carved from that one reservation and none reaches the driver.
+  // Only grows the reservation; returns the pool's reserved bytes.
+  size_t reserve(size_t bytes);
+  // The pool's figures: bytes reserved from the device, in use by live allocations, and the most
+  // in use since reset_peak().
+  struct PoolUsage {
+    size_t reserved = 0, in_use = 0, peak_in_use = 0;
+  };
+  PoolUsage pool_usage();
+  void reset_peak();
+  // The device's free and total memory, as the driver reports them.
+  std::pair<size_t, size_t> device_free_total() const;
+
   DeviceContext(const DeviceContext&) = delete;
   DeviceContext& operator=(const DeviceContext&) = delete;
 
@@ -48,6 +64,7 @@ class DeviceContext {
   CUdevice device_{};
   CUcontext context_{};
   CUstream stream_{};
+  CUmemoryPool pool_{};
   std::string name_;
   int arch_ = 0;
   int sm_count_ = 0;
