@@ -6,6 +6,7 @@ launcher) against their peers and ceilings, all measured in one run on one GPU:
                           cuBLAS BF16 (torch.mm) on the same shape
   BF16 GEMM               vs cuBLAS BF16
   act_quant, RMSNorm      vs torch eager, and the copy-bandwidth floor
+  MLA decode              against the copy bandwidth (the target: 90% of it) and the floor
 
 Ceilings measured here: device-to-device copy bandwidth (bytes read + written) and the BF16
 matrix rate (8192^3). The floor of a case is max(bytes / copy bandwidth, FLOPs / peak), with the
@@ -218,6 +219,48 @@ def memory_tables(records, ceil, peers):
     return lines
 
 
+# MLA decode at DeepSeek-V3's shapes: batch x context (cache bytes up to ~10 GB), then the
+# attention tiles and context splits compared on a few of them.
+MLA_HEADS = 128
+MLA_BATCH = [1, 4, 16, 64, 128, 256]
+MLA_CONTEXT = [1024, 4096, 16384, 32768]
+MLA_MAX_TOKENS = 256 * 32768
+MLA_TILES = ["l512r64_h64n64_w8s2", "l512r64_h64n32_w8s2", "l512r64_h64n32_w8s3"]
+MLA_TILE_CASES = [(1, 32768), (16, 16384), (64, 4096), (128, 32768)]
+MLA_SPLIT_CASES = [(1, 32768, s) for s in (8, 16, 32, 128)] + [(16, 16384, s) for s in (2, 8)]
+
+
+def mla_cases():
+    cases = [f"mla_decode {B} {ctx} {MLA_HEADS}" for B in MLA_BATCH for ctx in MLA_CONTEXT
+             if B * ctx <= MLA_MAX_TOKENS]
+    cases += [f"mla_decode {B} {ctx} {MLA_HEADS} {tile} 0" for tile in MLA_TILES
+              for B, ctx in MLA_TILE_CASES]
+    cases += [f"mla_decode {B} {ctx} {MLA_HEADS} auto {s}" for B, ctx, s in MLA_SPLIT_CASES]
+    return cases
+
+
+def mla_table(records, ceil):
+    """MLA decode: bytes the op must move (latent rows of every context, w_uk and w_uv, q in, out
+    out) over the time, against the copy bandwidth; the floor is max(bytes / copy bandwidth,
+    FLOPs / cuBLAS BF16 rate)."""
+    lines = ["| B | context | MB moved | GFLOP | floor µs (bytes, FLOPs) | ours µs | GB/s | "
+             "vs copy | TFLOPS | % of floor | variant, splits |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        if r["op"] != "mla_decode":
+            continue
+        mem_us = r["bytes"] / (ceil["copy_gbps"] * 1e3)
+        flop_us = r["flops"] / (ceil["bf16_tflops"] * 1e6)
+        floor = max(mem_us, flop_us)
+        lines.append(
+            f"| {r['B']} | {r['context']} | {r['bytes'] / 1e6:.1f} | {r['flops'] / 1e9:.0f} | "
+            f"{mem_us:.1f}, {flop_us:.1f} | {r['us']:.1f} | {r['gbps']:.0f} | "
+            f"{r['gbps'] / ceil['copy_gbps']:.2f} | {r['tflops']:.0f} | "
+            f"{100 * floor / r['us']:.0f}% | {r['variant']}, {r['splits']} |")
+        print(lines[-1], flush=True)
+    return lines
+
+
 def sweep_table(records, kernel):
     """Best tile per M bucket by the geometric mean of TFLOPS over the sweep shapes."""
     by_m = {}
@@ -277,6 +320,7 @@ def main():
     parser.add_argument("--out", type=Path, required=True, help="folder for logs and tables")
     parser.add_argument("--results", type=Path, help="markdown file to append the tables to")
     parser.add_argument("--sweep", action="store_true", help="also time every GEMM tile")
+    parser.add_argument("--only", choices=["mla"], help="time only these kernels")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
@@ -288,13 +332,16 @@ def main():
     print(f"{gpu}: copy {ceil['copy_gbps']:.0f} GB/s, bf16 mm {ceil['bf16_tflops']:.0f} TFLOPS",
           flush=True)
 
-    cases = [f"{op} {M} {N} {K}" for op in ("fp8_gemm", "bf16_gemm")
-             for _, N, K in DEEPSEEK_SHAPES for M in BENCH_M]
-    cases += [f"act_quant {M} {K}" for M in (16, 2048, 8192) for K in (7168, 2048)]
-    cases += [f"rms_norm {M} 7168 {res}" for M in (16, 2048, 8192) for res in (0, 1)]
+    cases = []
+    if args.only is None:
+        cases += [f"{op} {M} {N} {K}" for op in ("fp8_gemm", "bf16_gemm")
+                  for _, N, K in DEEPSEEK_SHAPES for M in BENCH_M]
+        cases += [f"act_quant {M} {K}" for M in (16, 2048, 8192) for K in (7168, 2048)]
+        cases += [f"rms_norm {M} 7168 {res}" for M in (16, 2048, 8192) for res in (0, 1)]
+    cases += mla_cases()
     # Each case above prints one record; a sweep case prints one per tile.
     n_single = len(cases)
-    if args.sweep:
+    if args.sweep and args.only is None:
         cases += [f"{op} {M} {N} {K} all" for op in ("fp8_gemm", "bf16_gemm")
                   for N, K in SWEEP_SHAPES for M in SWEEP_M]
     records = run_trident(args.bench_binary, cases)
@@ -310,11 +357,15 @@ def main():
               "through torch 2.11 in the same run. 'vs' columns: peer time / our time "
               "(> 1: ours faster). FP8 GEMM times exclude activation quantization (act_quant "
               "below).", ""]
-    report += ["### FP8 block-scaled GEMM (and BF16 GEMM) at DeepSeek-V3 shapes", ""]
     peers = []
-    report += gemm_tables(records, ceil, peers) + [""]
-    report += ["### Memory-bound kernels", ""]
-    report += memory_tables(records, ceil, peers) + [""]
+    if args.only is None:
+        report += ["### FP8 block-scaled GEMM (and BF16 GEMM) at DeepSeek-V3 shapes", ""]
+        report += gemm_tables(records, ceil, peers) + [""]
+        report += ["### Memory-bound kernels", ""]
+        report += memory_tables(records, ceil, peers) + [""]
+    report += [f"### MLA decode, DeepSeek-V3 ({MLA_HEADS} heads, kv_lora 512, rope 64), the whole "
+               "op (absorb, attend, combine, absorb)", ""]
+    report += mla_table(records, ceil) + [""]
     (args.out / "kernel_bench.json").write_text(
         json.dumps({"gpu": gpu, "ceilings": ceil, "ours": records, "peers": peers}, indent=1))
     if args.sweep:

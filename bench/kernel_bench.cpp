@@ -7,6 +7,9 @@
 //     bf16_gemm M N K [tile|auto|all] [split]
 //     act_quant M K
 //     rms_norm  M N residual(0|1)
+//     mla_decode B context heads [variant|auto] [splits]   (B sequences decoding one token each
+//                over `context` cached positions; DeepSeek-V3's latent: kv_lora 512, rope 64,
+//                nope 128, v 128)
 //
 // Inputs are random (never zeros), rotated over enough copies to exceed the L2 cache, and each
 // case reports the median of per-launch CUDA-event times after warm-up.
@@ -221,6 +224,92 @@ void bench_rms_norm(CudaBackend& backend, int64_t M, int64_t N, bool residual) {
   std::fflush(stdout);
 }
 
+// One decode step of B sequences, each `context` positions long, through the whole op
+// (queries into the latent, attention with its context split, combine, latent out to values).
+// Pages are scattered at random over the pool, as a long-running server leaves them.
+void bench_mla_decode(CudaBackend& backend, int64_t B, int64_t context, int heads,
+                      const std::string& variant, int splits) {
+  constexpr int64_t P = AttentionMeta::kPageSize;
+  const MlaParams p{heads, 128, 64, 128, 512, 0.1f, 1e-6f};
+  const int64_t row = p.kv_lora_rank + p.qk_rope_dim, qk = p.qk_nope_dim + p.qk_rope_dim;
+  const int64_t pages_per_seq = (context + P - 1) / P, n_pages = B * pages_per_seq;
+  const size_t cache_bytes = size_t(n_pages * P * row) * 2;
+  const size_t weight_bytes = size_t(2 * heads * 128 * p.kv_lora_rank) * 2;
+  const size_t act_bytes = size_t(B * heads * (qk + p.v_dim)) * 2;
+  const int copies = copies_for(cache_bytes + weight_bytes + act_bytes);
+
+  // The cache rows are drawn from a block of random rows by the embedding gather (contents
+  // repeat; addresses do not).
+  const int64_t n_rows = n_pages * P, block_rows = std::min<int64_t>(n_rows, 8192);
+  const Tensor block = backend.upload(random_host(DType::BF16, {block_rows, row}));
+  Tensor row_ids_host = cpu_tensor(DType::I32, {n_rows});
+  for (int64_t r = 0; r < n_rows; ++r)
+    row_ids_host.ptr<int32_t>()[r] = int32_t(next_random() % uint64_t(block_rows));
+  const Tensor row_ids = backend.upload(row_ids_host);
+  const Tensor q_host = random_host(DType::BF16, {B, heads * qk});
+  const Tensor uk_host = random_host(DType::BF16, {heads, 128, p.kv_lora_rank});
+  const Tensor uv_host = random_host(DType::BF16, {heads, 128, p.kv_lora_rank});
+  std::vector<int32_t> order(static_cast<size_t>(n_pages));
+  for (int64_t i = 0; i < n_pages; ++i) order[size_t(i)] = int32_t(i);
+
+  struct Copy {
+    Tensor q, out;
+    MlaWeights w;
+    KvLayer cache;
+    AttentionMeta meta;
+  };
+  std::vector<Copy> sets;
+  for (int c = 0; c < copies; ++c) {
+    Copy s;
+    s.q = backend.upload(q_host);
+    s.out = backend.alloc(DType::BF16, {B, heads * p.v_dim});
+    s.w.w_uk = backend.upload(uk_host);
+    s.w.w_uv = backend.upload(uv_host);
+    s.cache.pages = backend.alloc(DType::BF16, {n_pages, P, row});
+    Tensor rows = s.cache.pages.reshape({n_rows, row});
+    backend.embedding(row_ids, block, rows);
+    for (int64_t i = n_pages - 1; i > 0; --i)
+      std::swap(order[size_t(i)], order[size_t(next_random() % uint64_t(i + 1))]);
+    Tensor positions = cpu_tensor(DType::I32, {B}), token_seq = cpu_tensor(DType::I32, {B});
+    Tensor table = cpu_tensor(DType::I32, {B, pages_per_seq});
+    for (int64_t b = 0; b < B; ++b) {
+      positions.ptr<int32_t>()[b] = int32_t(context - 1);
+      token_seq.ptr<int32_t>()[b] = int32_t(b);
+    }
+    std::copy(order.begin(), order.end(), table.ptr<int32_t>());
+    s.meta.n_tokens = int(B);
+    s.meta.n_seqs = int(B);
+    s.meta.max_pages_per_seq = int(pages_per_seq);
+    s.meta.max_kv_len = int(context);
+    s.meta.positions = backend.upload(positions);
+    s.meta.token_seq = backend.upload(token_seq);
+    s.meta.page_table = backend.upload(table);
+    sets.push_back(std::move(s));
+  }
+  backend.set_mla_override(variant == "auto" && splits == 0
+                               ? std::nullopt
+                               : std::optional<MlaChoice>(
+                                     MlaChoice{variant == "auto" ? "" : variant, splits}));
+  const Timing t = time_launches(backend, copies, [&](int c) {
+    backend.mla_attention(sets[c].q, sets[c].w, p, sets[c].meta, sets[c].cache, sets[c].out);
+  });
+  const MlaChoice used = backend.last_mla();
+  backend.set_mla_override(std::nullopt);
+  // What the op must move: the context's latent rows, both absorbed weights, q in and out out.
+  const double bytes = double(B * context * row) * 2 + double(weight_bytes) + double(act_bytes);
+  const double flops = 2.0 * double(B) * heads *
+                       (double(context) * double(row + p.kv_lora_rank) +
+                        2.0 * 128 * double(p.kv_lora_rank));
+  std::printf(
+      "{\"op\": \"mla_decode\", \"B\": %ld, \"context\": %ld, \"heads\": %d, "
+      "\"variant\": \"%s\", \"splits\": %d, \"us\": %.3f, \"us_min\": %.3f, "
+      "\"bytes\": %.0f, \"flops\": %.0f, \"gbps\": %.1f, \"tflops\": %.1f, "
+      "\"copies\": %d}\n",
+      long(B), long(context), heads, used.variant.c_str(), used.splits, t.median_us, t.min_us,
+      bytes, flops, bytes / t.median_us * 1e-3, flops / t.median_us * 1e-6, copies);
+  std::fflush(stdout);
+}
+
 }  // namespace
 
 int main() {
@@ -249,6 +338,13 @@ int main() {
         int residual = 0;
         in >> M >> N >> residual;
         bench_rms_norm(backend, M, N, residual != 0);
+      } else if (op == "mla_decode") {
+        int64_t B = 0, context = 0;
+        int heads = 0, splits = 0;
+        std::string variant = "auto";
+        in >> B >> context >> heads;
+        in >> variant >> splits;
+        bench_mla_decode(backend, B, context, heads, variant, splits);
       } else {
         fail("unknown benchmark case '{}'", line);
       }

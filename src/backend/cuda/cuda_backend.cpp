@@ -133,17 +133,35 @@ void CudaBackend::linear(const Tensor& x, const LinearWeight& w, Tensor& out) {
       dtype_name(w.weight.dtype), w.weight.shape_str());
 }
 
-void CudaBackend::embedding(const Tensor&, const Tensor&, Tensor&) { not_implemented("embedding"); }
-void CudaBackend::silu_mul(const Tensor&, const Tensor&, Tensor&) { not_implemented("silu_mul"); }
-void CudaBackend::add(Tensor&, const Tensor&) { not_implemented("add"); }
-void CudaBackend::mla_rope_cache_write(Tensor&, const Tensor&, const MlaWeights&, const MlaParams&,
-                                       const RopeTable&, const AttentionMeta&, KvLayer&) {
-  not_implemented("mla_rope_cache_write");
+void CudaBackend::embedding(const Tensor& ids, const Tensor& table, Tensor& out) {
+  ops_.device.make_current();
+  cuda::embedding(ops_, ids, table, out);
 }
-void CudaBackend::mla_attention(const Tensor&, const MlaWeights&, const MlaParams&,
-                                const AttentionMeta&, const KvLayer&, Tensor&) {
-  not_implemented("mla_attention");
+
+void CudaBackend::silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
+  ops_.device.make_current();
+  cuda::silu_mul(ops_, gate, up, out);
 }
+
+void CudaBackend::add(Tensor& a, const Tensor& b) {
+  ops_.device.make_current();
+  cuda::add(ops_, a, b);
+}
+
+void CudaBackend::mla_rope_cache_write(Tensor& q, const Tensor& kv, const MlaWeights& w,
+                                       const MlaParams& p, const RopeTable& rope,
+                                       const AttentionMeta& meta, KvLayer& cache) {
+  ops_.device.make_current();
+  cuda::mla_rope_cache_write(ops_, q, kv, w, p, rope, meta, cache);
+}
+
+void CudaBackend::mla_attention(const Tensor& q, const MlaWeights& w, const MlaParams& p,
+                                const AttentionMeta& meta, const KvLayer& cache, Tensor& out) {
+  ops_.device.make_current();
+  last_mla_ = cuda::mla_attention(ops_, q, w, p, meta, cache, out,
+                                  mla_override_ ? &*mla_override_ : nullptr);
+}
+
 void CudaBackend::moe_gate(const Tensor&, const Tensor&, const GateParams&, Tensor&, Tensor&) {
   not_implemented("moe_gate");
 }

@@ -60,6 +60,11 @@ class CudaBackend final : public Backend {
   void set_gemm_override(std::optional<GemmChoice> choice) { gemm_override_ = std::move(choice); }
   // The tile and split the last GEMM used.
   const GemmChoice& last_gemm() const { return last_gemm_; }
+  // Pins the MLA attention variant and context split (tests, benchmarks); nullopt restores the
+  // defaults.
+  void set_mla_override(std::optional<MlaChoice> choice) { mla_override_ = std::move(choice); }
+  // The variant and split the last mla_attention used.
+  const MlaChoice& last_mla() const { return last_mla_; }
 
   DeviceContext& context() { return ops_.device; }
 
@@ -67,6 +72,8 @@ class CudaBackend final : public Backend {
   OpContext ops_;
   std::optional<GemmChoice> gemm_override_;
   GemmChoice last_gemm_;
+  std::optional<MlaChoice> mla_override_;
+  MlaChoice last_mla_;
 };
 
 }  // namespace trident::cuda
