@@ -16,7 +16,8 @@ $(BUILD)/build.ninja:
 build: deps $(BUILD)/build.ninja
 	cmake --build $(BUILD) -j $(JOBS)
 
-run: build
+run: deps $(BUILD)/build.ninja
+	cmake --build $(BUILD) -j $(JOBS) --target trident
 	$(BUILD)/trident generate --model $(MODEL) --prompt "$(PROMPT)" --max-new-tokens 64 --stats
 
 test: build
