@@ -225,9 +225,9 @@ MLA_HEADS = 128
 MLA_BATCH = [1, 4, 16, 64, 128, 256]
 MLA_CONTEXT = [1024, 4096, 16384, 32768]
 MLA_MAX_TOKENS = 256 * 32768
-MLA_TILES = ["l512r64_h64n64_w8s2", "l512r64_h64n32_w8s2", "l512r64_h64n32_w8s3"]
+MLA_TILES = ["l512r64_h64n64_w8s2", "l512r64_h64n32_w8s3"]
 MLA_TILE_CASES = [(1, 32768), (16, 16384), (64, 4096), (128, 32768)]
-MLA_SPLIT_CASES = [(1, 32768, s) for s in (8, 16, 32, 128)] + [(16, 16384, s) for s in (2, 8)]
+MLA_SPLIT_CASES = [(1, 32768, s) for s in (16, 32)] + [(16, 16384, s) for s in (2, 8)]
 
 
 def mla_cases():

@@ -3,6 +3,7 @@
 // attention with the context split across programs when there are too few tokens to fill the GPU
 // (mla_attention.py), the splits' combine, and the latent output to values (mla_head_gemm.py).
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <numbers>
 #include <string>
@@ -16,8 +17,8 @@ namespace trident::cuda {
 namespace {
 
 constexpr int kPage = AttentionMeta::kPageSize;
-// A split covers at least this many positions, so a program's pipeline has tiles to overlap.
-constexpr int kMinPositionsPerSplit = 128;
+// A split covers at least one tile of positions (the kernels' BLOCK_N, at most a page).
+constexpr int kMinPositionsPerSplit = 64;
 constexpr int kMaxSplits = 64;
 constexpr int64_t kI32Limit = int64_t(1) << 31;
 
@@ -79,13 +80,26 @@ void head_gemm(const OpContext& ctx, int heads, const HeadGemm& g) {
                          int32_t(g.stride_b_row), int32_t(g.stride_cm), int32_t(g.stride_cb));
 }
 
-// Context splits: enough (token, head block) programs for about one per multiprocessor, each
-// split at least kMinPositionsPerSplit long for the longest context.
+// Context splits for `programs` (token, head block) pairs. A 64-head attention program takes most
+// of a multiprocessor's shared memory, so programs run one per multiprocessor, in waves; the
+// time is that of the waves, the last one counted whole. Take the fewest splits whose waves are
+// within 95% of the best filling (FlashAttention's rule); none once the tokens fill a wave.
+// Splits are whole tiles of the longest context, so only counts that divide its tiles evenly
+// (ceil(tiles / per-split tiles)) are considered.
 int choose_splits(int64_t programs, int max_kv_len, int sm_count) {
-  if (programs >= sm_count) return 1;
-  const int64_t by_programs = ceil_div(sm_count, programs);
-  const int64_t by_length = std::max<int64_t>(1, max_kv_len / kMinPositionsPerSplit);
-  return int(std::clamp<int64_t>(std::min(by_programs, by_length), 1, kMaxSplits));
+  if (programs * 5 >= int64_t(sm_count) * 4) return 1;
+  const int64_t tiles = ceil_div(max_kv_len, kMinPositionsPerSplit);
+  const int max_splits = int(std::clamp<int64_t>(tiles, 1, kMaxSplits));
+  auto effective = [&](int splits) { return int(ceil_div(tiles, ceil_div(tiles, splits))); };
+  auto filling = [&](int splits) {
+    const double waves = double(programs * splits) / sm_count;
+    return waves / std::ceil(waves);
+  };
+  double best = 0;
+  for (int s = 1; s <= max_splits; ++s) best = std::max(best, filling(effective(s)));
+  for (int s = 1; s <= max_splits; ++s)
+    if (filling(effective(s)) >= 0.95 * best) return effective(s);
+  return effective(max_splits);
 }
 
 }  // namespace
