@@ -272,13 +272,22 @@ TEST(DispatchCombine, Fp8PayloadForFloatExpertsStaysWithinFp8Precision) {
   EXPECT_LT(err, 0.1);   // ...by about e4m3's 3 mantissa bits
 }
 
-TEST(DispatchCombine, ForcedLowLatencyModeSaysItIsNotBuilt) {
+TEST(DispatchCombine, ModeFollowsTheBatchSizeUnlessForced) {
+  EXPECT_EQ(choose_dispatch_mode(DispatchModeChoice::Auto, 128, 128, true),
+            DispatchMode::LowLatency);
+  EXPECT_EQ(choose_dispatch_mode(DispatchModeChoice::Auto, 129, 128, true), DispatchMode::Normal);
+  EXPECT_EQ(choose_dispatch_mode(DispatchModeChoice::Auto, 4, 128, false), DispatchMode::Normal);
+  EXPECT_EQ(choose_dispatch_mode(DispatchModeChoice::Normal, 4, 128, true), DispatchMode::Normal);
+  // Forced low-latency takes any batch; larger ones go through the buffers in rounds.
+  EXPECT_EQ(choose_dispatch_mode(DispatchModeChoice::LowLatency, 4096, 128, true),
+            DispatchMode::LowLatency);
+}
+
+TEST(DispatchCombine, ForcedLowLatencyModeWithoutGpuRanksSaysWhy) {
   try {
-    choose_dispatch_mode(DispatchModeChoice::LowLatency, 4, 128);
-    FAIL() << "low-latency mode chose without kernels";
+    choose_dispatch_mode(DispatchModeChoice::LowLatency, 4, 128, false);
+    FAIL() << "low-latency mode chosen where the run has none";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("not in this build"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("GPU ranks on one host"), std::string::npos) << e.what();
   }
-  EXPECT_EQ(choose_dispatch_mode(DispatchModeChoice::Auto, 4, 128), DispatchMode::Normal);
-  EXPECT_EQ(choose_dispatch_mode(DispatchModeChoice::Normal, 4096, 128), DispatchMode::Normal);
 }

@@ -97,3 +97,25 @@ TEST(ExpertPlacement, RefusesSizesThatDoNotFit) {
     EXPECT_NE(std::string(e.what()).find("3 redundant experts"), std::string::npos) << e.what();
   }
 }
+
+TEST(ExpertPlacement, PhysicalMapListsEveryCopysSlotInRankOrder) {
+  ExpertPlacement p = ExpertPlacement::contiguous(8, 2, 2);  // rank 0: 0-4, rank 1: 4-7 and 0
+  PhysicalExpertMap m = p.physical_map();
+  EXPECT_EQ(m.slots_per_rank, 5);
+  EXPECT_EQ(m.max_copies, 2);
+  EXPECT_EQ(m.copies[4], 2);
+  EXPECT_EQ(m.physical[4 * 2 + 0], 4);      // rank 0, slot 4
+  EXPECT_EQ(m.physical[4 * 2 + 1], 5 + 0);  // rank 1, slot 0
+  EXPECT_EQ(m.physical[0 * 2 + 1], 5 + 4);  // expert 0's copy: rank 1, slot 4
+  EXPECT_EQ(m.copies[6], 1);
+  EXPECT_EQ(m.physical[6 * 2 + 1], -1);
+  for (int e = 0; e < 8; ++e) {
+    std::vector<int> ranks;
+    for (int c = 0; c < m.copies[e]; ++c) {
+      const int phys = m.physical[e * m.max_copies + c];
+      ranks.push_back(phys / m.slots_per_rank);
+      EXPECT_EQ(p.experts_of(ranks.back())[phys % m.slots_per_rank], e) << "expert " << e;
+    }
+    EXPECT_EQ(ranks, p.ranks_of(e)) << "expert " << e;
+  }
+}

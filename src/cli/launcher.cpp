@@ -84,6 +84,9 @@ ExpertParallelOptions ParallelArgs::options() const {
   o.payload = payload == "fp8"          ? PayloadChoice::Fp8
               : payload == "activation" ? PayloadChoice::Activation
                                         : PayloadChoice::Auto;
+  o.load_timeout = std::chrono::milliseconds(int64_t(load_timeout_s * 1000));
+  o.low_latency_max_tokens = low_latency_tokens;
+  o.max_tokens_per_exchange = max_exchange_tokens;
   return o;
 }
 
@@ -98,6 +101,20 @@ void add_parallel_options(CLI::App& command, ParallelArgs& args) {
                   "Seconds a rank waits for the others in any exchange before stopping them all "
                   "with an error naming the rank that did not arrive")
       ->check(CLI::PositiveNumber);
+  command
+      .add_option("--ep-load-timeout", args.load_timeout_s,
+                  "Seconds ranks wait for each other to finish loading weights")
+      ->check(CLI::PositiveNumber);
+  command
+      .add_option("--ep-low-latency-tokens", args.low_latency_tokens,
+                  "Low-latency dispatch (GPU ranks of one host): tokens per rank its buffers "
+                  "hold, and the largest batch auto sends that way")
+      ->check(CLI::PositiveNumber);
+  command
+      .add_option("--ep-max-exchange-tokens", args.max_exchange_tokens,
+                  "Normal dispatch: tokens a rank sends per exchange at most, larger batches go "
+                  "in rounds (0: no limit)")
+      ->check(CLI::NonNegativeNumber);
   command
       .add_option("--ep-dispatch", args.dispatch,
                   "Dispatch mode: normal (all-to-all sized by exchanged counts), low-latency "

@@ -15,6 +15,9 @@ namespace trident::cli {
 struct ParallelArgs {
   int ep = 0;  // 0: 1, or mpirun's rank count under mpirun
   double timeout_s = 60;
+  double load_timeout_s = 1800;
+  int64_t low_latency_tokens = 128;
+  int64_t max_exchange_tokens = 0;
   std::string dispatch = "auto";
   std::string payload = "auto";
   int redundant_experts = 0;

@@ -5,21 +5,17 @@
 namespace trident {
 
 DispatchMode choose_dispatch_mode(DispatchModeChoice choice, int64_t max_tokens_per_rank,
-                                  int64_t low_latency_max_tokens) {
+                                  int64_t low_latency_max_tokens, bool low_latency_available) {
   switch (choice) {
     case DispatchModeChoice::Normal:
       return DispatchMode::Normal;
     case DispatchModeChoice::LowLatency:
-      TRI_CHECK(kLowLatencyDispatchBuilt,
-                "low-latency dispatch runs on GPUs over NVLink and is not in this build; use "
-                "--ep-dispatch normal or auto");
-      TRI_CHECK(max_tokens_per_rank <= low_latency_max_tokens,
-                "low-latency dispatch holds at most {} tokens per rank, a rank has {}; use "
-                "--ep-dispatch auto",
-                low_latency_max_tokens, max_tokens_per_rank);
+      TRI_CHECK(low_latency_available,
+                "low-latency dispatch was forced but this run has none (it needs GPU ranks on "
+                "one host); use --ep-dispatch normal or auto");
       return DispatchMode::LowLatency;
     case DispatchModeChoice::Auto:
-      return kLowLatencyDispatchBuilt && max_tokens_per_rank <= low_latency_max_tokens
+      return low_latency_available && max_tokens_per_rank <= low_latency_max_tokens
                  ? DispatchMode::LowLatency
                  : DispatchMode::Normal;
   }

@@ -23,13 +23,12 @@ namespace trident {
 enum class DispatchMode : uint8_t { Normal, LowLatency };
 enum class DispatchModeChoice : uint8_t { Auto, Normal, LowLatency };
 
-// Low-latency mode needs the GPU kernels over NVLink, which this build does not have yet.
-constexpr bool kLowLatencyDispatchBuilt = false;
-
-// Auto picks low-latency for batches of at most `low_latency_max_tokens` tokens per rank, when
-// the mode is built; forcing a mode that is not built is an error that says so.
+// Auto picks low-latency for batches of at most `low_latency_max_tokens` tokens per rank when
+// this run has it (GPU ranks on one host); a forced mode is taken whatever the batch size (a
+// batch larger than the low-latency buffers goes through in several exchanges). Forcing
+// low-latency where the run does not have it is refused earlier (ExpertParallel), saying why.
 DispatchMode choose_dispatch_mode(DispatchModeChoice choice, int64_t max_tokens_per_rank,
-                                  int64_t low_latency_max_tokens);
+                                  int64_t low_latency_max_tokens, bool low_latency_available);
 
 struct DispatchConfig {
   int hidden = 0;
@@ -57,6 +56,9 @@ class DispatchCombine {
   virtual ~DispatchCombine() = default;
 
   virtual DispatchMode mode() const = 0;
+  // The most tokens a rank may pass to one dispatch (0: no limit). Larger batches are split
+  // into several dispatch-and-combine rounds, the same number on every rank.
+  virtual int64_t max_tokens_per_exchange() const { return 0; }
 
   // x [T, hidden], topk_ids [T, k] (global expert ids), topk_weights [T, k]; T may be 0 (tensors
   // undefined): the rank still takes part. `what` names the layer in error messages.
@@ -67,6 +69,10 @@ class DispatchCombine {
   // expert_out [n, hidden]: the weighted expert sums of the last dispatch's received tokens, in
   // their order (undefined when n == 0). out [T, hidden] gets each token's total.
   virtual void combine(const Tensor& expert_out, Tensor& out, std::string_view what) = 0;
+
+  // Throws RankFailure naming a peer that missed a deadline in an exchange since the last call,
+  // for modes whose waits run on the GPU and so cannot throw where they happen.
+  virtual void check_peers(std::string_view what) {}
 };
 
 constexpr int elsewhere_id(int n_experts) { return n_experts; }

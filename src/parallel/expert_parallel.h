@@ -24,7 +24,12 @@ enum class PayloadChoice : uint8_t { Auto, Fp8, Activation };
 
 struct ExpertParallelOptions {
   DispatchModeChoice dispatch = DispatchModeChoice::Auto;
+  // Auto takes low-latency mode for steps whose largest batch has at most this many tokens; it
+  // is also the size of the low-latency buffers (tokens a rank sends per exchange).
   int64_t low_latency_max_tokens = 128;
+  // Normal mode: tokens a rank sends per exchange at most (0: no limit); larger batches go in
+  // several rounds, which bounds the exchange buffers of long prefills.
+  int64_t max_tokens_per_exchange = 0;
   // Auto: FP8 tokens for FP8 checkpoints (their experts quantize their input the same way, so
   // results are unchanged), the activation dtype for BF16 ones.
   PayloadChoice payload = PayloadChoice::Auto;
@@ -54,8 +59,11 @@ class ExpertParallel final : public RoutedExpertsHook {
   int size() const { return comm_.size(); }
   const ExpertPlacement& placement(int layer) const { return placements_.at(layer); }
   bool fp8_payload() const { return dispatch_config_.fp8_payload; }
-  // Tokens dispatched to this rank's experts so far, from all ranks.
+  bool has_low_latency() const { return low_latency_ != nullptr; }
+  // Tokens dispatched to this rank's experts so far by normal-mode exchanges, from all ranks.
   int64_t tokens_received() const { return tokens_received_; }
+  // Dispatch-and-combine exchanges so far (a layer's batch may take several rounds).
+  int64_t exchanges() const { return exchanges_; }
   // For LoadOptions::holds_expert: this rank loads only these experts.
   bool holds_expert(int layer, int expert) const {
     return placements_.at(layer).holds(comm_.rank(), expert);
@@ -80,9 +88,12 @@ class ExpertParallel final : public RoutedExpertsHook {
   DispatchConfig dispatch_config_;
   std::vector<ExpertPlacement> placements_;
   std::unique_ptr<DispatchCombine> normal_;
+  std::unique_ptr<DispatchCombine> low_latency_;  // GPU ranks of one host only
   DispatchMode step_mode_ = DispatchMode::Normal;
+  int64_t step_max_tokens_ = 0;  // the largest batch of any rank in this step
   int64_t step_ = 0;
   int64_t tokens_received_ = 0;
+  int64_t exchanges_ = 0;
 };
 
 }  // namespace trident

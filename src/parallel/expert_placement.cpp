@@ -118,4 +118,22 @@ int ExpertPlacement::rank_for(int expert, int source_rank, int64_t token) const 
   return holders[size_t(token + source_rank) % holders.size()];
 }
 
+PhysicalExpertMap ExpertPlacement::physical_map() const {
+  PhysicalExpertMap m;
+  for (const auto& experts : experts_of_rank_)
+    m.slots_per_rank = std::max(m.slots_per_rank, int(experts.size()));
+  for (const auto& holders : ranks_of_expert_)
+    m.max_copies = std::max(m.max_copies, int(holders.size()));
+  m.physical.assign(size_t(n_experts()) * m.max_copies, -1);
+  m.copies.assign(n_experts(), 0);
+  for (int r = 0; r < n_ranks(); ++r) {
+    const auto& experts = experts_of_rank_[r];
+    for (int slot = 0; slot < int(experts.size()); ++slot) {
+      const int e = experts[slot];
+      m.physical[size_t(e) * m.max_copies + m.copies[e]++] = r * m.slots_per_rank + slot;
+    }
+  }
+  return m;
+}
+
 }  // namespace trident

@@ -8,6 +8,15 @@
 
 namespace trident {
 
+// Where the copies of each logical expert live, as the GPU kernels read it: physical slot
+// p = rank * slots_per_rank + (index in experts_of(rank)), so the rank is p / slots_per_rank.
+struct PhysicalExpertMap {
+  int slots_per_rank = 0;  // the most experts any rank holds
+  int max_copies = 0;      // the most copies any expert has
+  std::vector<int32_t> physical;  // [n_experts, max_copies]: copies in rank order, -1 padding
+  std::vector<int32_t> copies;    // [n_experts]
+};
+
 class ExpertPlacement {
  public:
   // Rank r holds a contiguous block of experts (the first E % R ranks one more), plus
@@ -34,6 +43,9 @@ class ExpertPlacement {
   // The rank that computes `expert` for token `token` of `source_rank`: the source itself when it
   // holds a copy (no traffic), otherwise the copies take turns by token.
   int rank_for(int expert, int source_rank, int64_t token) const;
+
+  // The logical-to-physical map; rank_for over it picks the same ranks.
+  PhysicalExpertMap physical_map() const;
 
  private:
   std::vector<std::vector<int>> experts_of_rank_;

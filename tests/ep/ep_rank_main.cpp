@@ -8,8 +8,14 @@
 // round-robin) or a small random model built in memory (--prompt-tokens: one sequence per rank of
 // that many tokens, 0 for none). Rank r decodes --decode-steps + r tokens, so ranks finish at
 // different times and idle while others still run. A fault can be injected into one rank.
+//
+// --poison-other-experts: the expert-parallel model loads from a copy of the checkpoint in which
+// the routed experts this rank does not hold are poison (poisoned_checkpoint.h), so reading any
+// of their bytes fails the run.
 #include <signal.h>
 #include <unistd.h>
+
+#include <fmt/format.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
@@ -19,6 +25,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <random>
 
 #include "backend/backend.h"
@@ -27,6 +34,7 @@
 #include "model/deepseek_v3.h"
 #include "parallel/expert_parallel.h"
 #include "parallel/rank_group.h"
+#include "poisoned_checkpoint.h"
 #include "runtime/step_builder.h"
 #include "tiny_moe_model.h"
 
@@ -47,7 +55,11 @@ struct Args {
   double tolerance = 1e-4;         // every row
   double median_tolerance = 1e-4;  // the median row
   int timeout_ms = 30000;
-  std::string fault = "none";  // exit, kill or hang
+  bool poison_other_experts = false;
+  bool load_every_expert = false;  // with poisoned experts: must fail
+  int64_t max_exchange_tokens = 0;
+  int load_timeout_ms = 60000;
+  std::string fault = "none";  // exit, kill, hang, or hang-loading
   int fault_rank = 1;
   int fault_step = 1;
   int fault_layer = 2;
@@ -126,6 +138,8 @@ bool run(const Args& a, RankGroup& group) {
   options.payload = a.payload == "fp8"          ? PayloadChoice::Fp8
                     : a.payload == "activation" ? PayloadChoice::Activation
                                                 : PayloadChoice::Auto;
+  options.max_tokens_per_exchange = a.max_exchange_tokens;
+  options.load_timeout = std::chrono::milliseconds(a.load_timeout_ms);
   ExpertParallel ep(group.comm(), *backend, config, placements, options);
   auto holds = [&](int l, int e) { return ep.holds_expert(l, e); };
   LoadOptions only_mine;
@@ -134,13 +148,39 @@ bool run(const Args& a, RankGroup& group) {
       config,
       ckpt ? load_weights(*ckpt, config, *backend) : testing::tiny_moe_weights(config, spec),
       *backend);
-  DeepseekV3 model(config,
-                   ckpt ? load_weights(*ckpt, config, *backend, only_mine)
-                        : testing::tiny_moe_weights(config, spec, holds),
-                   *backend);
+  std::string poisoned;  // what the poisoned copy holds, for the report
+  fs::path poisoned_dir;
+  if (a.poison_other_experts) {
+    TRI_CHECK(ckpt != nullptr, "--poison-other-experts needs --model");
+    poisoned_dir = fs::temp_directory_path() / fmt::format("trident-ep-{}-rank{}", getpid(), r);
+    // Experts of layers past the model's (multi-token prediction) are never read either.
+    testing::PoisonedCheckpoint made = testing::write_poisoned_checkpoint(
+        a.model, poisoned_dir,
+        [&](int l, int e) { return l < config.num_hidden_layers && holds(l, e); });
+    ckpt = std::make_unique<Checkpoint>(Checkpoint::open(poisoned_dir));
+    poisoned = fmt::format(", {} of {} expert shards poisoned", made.poisoned_shards,
+                           made.expert_shards);
+  }
+  std::optional<DeepseekV3> model;
+  try {
+    model.emplace(config,
+                  ckpt ? load_weights(*ckpt, config, *backend,
+                                      a.load_every_expert ? LoadOptions{} : only_mine)
+                       : testing::tiny_moe_weights(config, spec, holds),
+                  *backend);
+  } catch (const std::exception&) {
+    if (!poisoned_dir.empty()) fs::remove_all(poisoned_dir);
+    throw;
+  }
+  if (!poisoned_dir.empty()) fs::remove_all(poisoned_dir);
+  if (a.fault == "hang-loading" && r == a.fault_rank) {
+    std::fprintf(stderr, "rank %d: injecting fault 'hang-loading'\n", r);
+    std::fflush(stderr);
+    for (;;) pause();
+  }
   ep.wait_for_ranks_loaded();
   FaultyRank faulty(a, r, ep);
-  model.set_routed_experts_hook(&faulty);
+  model->set_routed_experts_hook(&faulty);
 
   std::vector<Sequence> seqs;
   int n_pages = 0;
@@ -171,14 +211,14 @@ bool run(const Args& a, RankGroup& group) {
     StepPlan plan = ep.begin_step(T, active);
     if (plan.stop) break;
     if (T == 0) {
-      if (plan.total_tokens > 0) model.idle_step();
+      if (plan.total_tokens > 0) model->idle_step();
       ++idle;
       continue;
     }
     StepInput in = upload_step(*backend, build_step(chunks));
     const size_t rows = seqs.size();
     std::vector<float> got(rows * V), want(rows * V);
-    backend->to_host(model.forward(in, ep_cache), got.data());
+    backend->to_host(model->forward(in, ep_cache), got.data());
     backend->to_host(reference.forward(in, ref_cache), want.data());
     for (size_t i = 0; i < rows; ++i) {
       const float* g = &got[i * V];
@@ -208,9 +248,10 @@ bool run(const Args& a, RankGroup& group) {
   const bool ok = tokens_match && worst <= a.tolerance && median <= a.median_tolerance;
   std::printf(
       "rank %d of %d: %zu sequences, %d steps, %d idle steps, %lld tokens received (%s "
-      "payload), logit error/spread median %.2g worst %.2g: %s\n",
+      "payload), %lld exchanges%s, logit error/spread median %.2g worst %.2g: %s\n",
       r, R, seqs.size(), ran, idle, (long long)ep.tokens_received(),
-      ep.fp8_payload() ? "fp8" : "activation", median, worst, ok ? "match" : "MISMATCH");
+      ep.fp8_payload() ? "fp8" : "activation", (long long)ep.exchanges(), poisoned.c_str(),
+      median, worst, ok ? "match" : "MISMATCH");
   std::fflush(stdout);
   return ok;
 }
@@ -231,7 +272,14 @@ int main(int argc, char** argv) {
   app.add_option("--tolerance", a.tolerance, "Largest logit error/spread accepted in any row");
   app.add_option("--median-tolerance", a.median_tolerance, "... in the median row");
   app.add_option("--timeout-ms", a.timeout_ms, "Collective timeout");
-  app.add_option("--fault", a.fault, "Fault to inject: exit, kill or hang");
+  app.add_flag("--poison-other-experts", a.poison_other_experts,
+               "Load from a copy of --model whose other ranks' experts are poison");
+  app.add_flag("--load-every-expert", a.load_every_expert,
+               "With --poison-other-experts: load all experts (which must fail)");
+  app.add_option("--max-exchange-tokens", a.max_exchange_tokens,
+                 "Tokens a rank sends per exchange at most (0: no limit)");
+  app.add_option("--load-timeout-ms", a.load_timeout_ms, "How long ranks wait for each other's load");
+  app.add_option("--fault", a.fault, "Fault to inject: exit, kill, hang or hang-loading");
   app.add_option("--fault-rank", a.fault_rank, "Rank that fails");
   app.add_option("--fault-step", a.fault_step, "Step at which it fails");
   app.add_option("--fault-layer", a.fault_layer, "MoE layer in which it fails");

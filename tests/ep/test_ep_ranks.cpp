@@ -115,9 +115,14 @@ TEST(EpRanks, Fp8CheckpointSendsFp8TokensAndKeepsTheLogits) {
 // only its experts and takes every R-th golden prompt, so batches differ in size from rank to rank.
 class EpFixture : public ::testing::TestWithParam<std::string> {};
 
-TEST_P(EpFixture, TwoAndFourRanksGiveTheLogitsAndTokensOfOne) {
+// Every rank compares each step's logits with a model holding all experts in the same process:
+// the largest difference, over the spread (max - min) of that row of reference logits, stays
+// under 1e-4 in every row (--tolerance), and every greedy token agrees unless the reference's
+// best two logits are closer than twice that difference. EP 1 runs the same exchanges with one
+// rank.
+TEST_P(EpFixture, OneTwoAndFourRanksGiveTheLogitsAndTokensOfOne) {
   const std::string dir = std::string(TRIDENT_TEST_DATA) + "/golden/" + GetParam();
-  for (int n : {2, 4}) {
+  for (int n : {1, 2, 4}) {
     RankRun r = ranks(n, "--model " + dir);
     EXPECT_EQ(r.exit_code, 0) << n << " ranks\n" << r.output;
     EXPECT_EQ(count(r.output, ": match"), n) << n << " ranks\n" << r.output;
@@ -148,6 +153,61 @@ TEST(EpRanks, RedundantCopiesOfACheckpointsExpertsGiveTheLogitsOfOne) {
       4, "--model " + std::string(TRIDENT_TEST_DATA) + "/golden/" + all.front() + " --redundant 4");
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_EQ(count(r.output, ": match"), 4) << r.output;
+}
+
+TEST(EpRanks, EachRankReadsOnlyItsOwnExpertsFromTheCheckpoint) {
+  const std::vector<std::string> all = fixtures();
+  if (all.empty()) GTEST_SKIP() << "no fixture in tests/data/golden";
+  const std::string model = std::string(TRIDENT_TEST_DATA) + "/golden/" + all.back();
+  // Each rank's copy of the checkpoint has the other ranks' experts as poison shards: opening
+  // any of them fails the load. Then again with redundant copies, which each rank also loads.
+  RankRun r = ranks(4, "--model " + model + " --poison-other-experts");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(count(r.output, ": match"), 4) << r.output;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(r.output, m, std::regex(", (\\d+) of (\\d+) expert shards poisoned")))
+      << r.output;
+  // Three in four of the model's experts, and any multi-token-prediction layer's.
+  EXPECT_GE(std::stoi(m[1]) * 4, std::stoi(m[2]) * 3) << r.output;
+  r = ranks(4, "--model " + model + " --poison-other-experts --redundant 4");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(count(r.output, ": match"), 4) << r.output;
+}
+
+TEST(EpRanks, APoisonedExpertShardFailsTheLoadThatReadsIt) {
+  // The check above can fail: a rank that loads every expert from its poisoned copy stops.
+  const std::vector<std::string> all = fixtures();
+  if (all.empty()) GTEST_SKIP() << "no fixture in tests/data/golden";
+  RankRun r = ranks(2, "--model " + std::string(TRIDENT_TEST_DATA) + "/golden/" + all.back() +
+                           " --poison-other-experts --load-every-expert");
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_TRUE(std::regex_search(r.output, std::regex("error on rank \\d of 2: .*expert-\\d+-\\d+")))
+      << r.output;
+}
+
+TEST(EpRanks, BatchesLargerThanOneExchangeGoInRoundsAndGiveTheLogitsOfOne) {
+  // 17 prompt tokens in exchanges of at most 4: 5 rounds per MoE layer in the prefill, on every
+  // rank, the idle one included.
+  RankRun r = ranks(3, "--prompt-tokens 17,0,5 --max-exchange-tokens 4 --decode-steps 1");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(count(r.output, ": match"), 3) << r.output;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(r.output, m, std::regex("rank 1 of 3: .*?, (\\d+) exchanges")))
+      << r.output;
+  // 2 MoE layers; prefill 5 rounds; then 3 decode steps of one round (rank 2 decodes longest).
+  EXPECT_EQ(std::stoi(m[1]), 2 * (5 + 3)) << r.output;
+}
+
+TEST(EpFaults, ARankThatHangsWhileLoadingIsNamedWhenTheLoadTimeoutExpires) {
+  RankRun r = ranks(
+      3, "--prompt-tokens 5,4,3 --fault hang-loading --timeout-ms 1000 --load-timeout-ms 2000");
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("rank 1 did not arrive at 'weights loaded' within 2 s"),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("--ep-load-timeout"), std::string::npos)
+      << r.output;
+  EXPECT_LT(r.seconds, 20.0) << r.output;
 }
 
 TEST(EpFaults, ARankThatExitsStopsTheOthersWellWithinTheTimeoutAndIsNamed) {
