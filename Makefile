@@ -60,3 +60,25 @@ test-gpu: gpu-build
 
 bench-kernels: gpu-build
 	python3 bench/bench_kernels.py --bench-binary $(GPU_BUILD)/trident_kernel_bench --out $(OUT) --results bench/RESULTS.md $(BENCH_FLAGS) 2>&1 | tee $(OUT)/bench.log
+
+# Expert parallelism on GPUs. `make test-ep-gpu OUT=dir` builds and runs the dispatch/combine
+# tests on one GPU (ranks as threads and as processes sharing it) and the kernels' checks;
+# `make bench-ep EP=N OUT=dir` times both modes beside NCCL's all-to-all on N GPUs of this host
+# (bench/bench_ep.py; add its table to bench/RESULTS.md). NVLink multicast stays off.
+EP ?= 1
+.PHONY: test-ep-gpu bench-ep
+test-ep-gpu bench-ep: SHELL := /bin/bash
+test-ep-gpu bench-ep: .SHELLFLAGS := -o pipefail -c
+
+test-ep-gpu:
+	mkdir -p $(OUT)
+	cmake -S . -B $(GPU_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release -DTRIDENT_CUDA=ON \
+	  -DTRIDENT_KERNEL_CACHE=$(KERNEL_CACHE) $(if $(wildcard $(GPU_DEPS)),-DCMAKE_PREFIX_PATH=$(GPU_DEPS)) \
+	  $(CMAKE_FLAGS) 2>&1 | tee $(OUT)/configure.log
+	cmake --build $(GPU_BUILD) -j $(JOBS) --target trident_ep_gpu_tests 2>&1 | tee $(OUT)/build.log
+	NCCL_NVLS_ENABLE=0 $(GPU_BUILD)/trident_ep_gpu_tests 2>&1 | tee $(OUT)/ep_gpu_tests.log
+	EP_KERNELS_DEVICE=cuda python3 -m pytest -q -p no:cacheprovider tests/ep/kernels 2>&1 | tee $(OUT)/ep_kernels.log
+
+bench-ep:
+	mkdir -p $(OUT)
+	NCCL_NVLS_ENABLE=0 torchrun --standalone --nproc-per-node $(EP) bench/bench_ep.py --out $(OUT) 2>&1 | tee $(OUT)/bench_ep.log
