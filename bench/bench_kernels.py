@@ -219,22 +219,18 @@ def memory_tables(records, ceil, peers):
     return lines
 
 
-# MLA decode at DeepSeek-V3's shapes: batch x context (cache bytes up to ~10 GB), then the
-# attention tiles and context splits compared on a few of them.
+# MLA decode at DeepSeek-V3's shapes: batch x context (cache bytes up to ~10 GB), then context
+# splits other than the chosen ones on a few of them.
 MLA_HEADS = 128
 MLA_BATCH = [1, 4, 16, 64, 128, 256]
 MLA_CONTEXT = [1024, 4096, 16384, 32768]
 MLA_MAX_TOKENS = 256 * 32768
-MLA_TILES = ["l512r64_h64n64_w8s2", "l512r64_h64n32_w8s3"]
-MLA_TILE_CASES = [(1, 32768), (16, 16384), (64, 4096), (128, 32768)]
 MLA_SPLIT_CASES = [(1, 32768, s) for s in (16, 32)] + [(16, 16384, s) for s in (2, 8)]
 
 
 def mla_cases():
     cases = [f"mla_decode {B} {ctx} {MLA_HEADS}" for B in MLA_BATCH for ctx in MLA_CONTEXT
              if B * ctx <= MLA_MAX_TOKENS]
-    cases += [f"mla_decode {B} {ctx} {MLA_HEADS} {tile} 0" for tile in MLA_TILES
-              for B, ctx in MLA_TILE_CASES]
     cases += [f"mla_decode {B} {ctx} {MLA_HEADS} auto {s}" for B, ctx, s in MLA_SPLIT_CASES]
     return cases
 

@@ -24,10 +24,11 @@ from variant import Kernel, Variant
 PAGE = 64
 LATENT_DIMS = [(512, 64), (128, 32)]
 # (BLOCK_H, BLOCK_N, num_warps, num_stages) per latent size: 64 heads fill a Hopper warpgroup's
-# M; 16 is the least a tensor-core product takes, for models with few heads. The host takes the
-# first tile of a BLOCK_H; the others are alternatives the benchmark times.
+# M; 16 is the least a tensor-core product takes, for models with few heads. Tiles of 32
+# positions (two or three in flight) measured 0.7 to 0.85 times as fast on an H200
+# (bench/RESULTS.md).
 ATTENTION_TILES = {
-    512: [(64, 64, 8, 2), (64, 32, 8, 3), (16, 64, 4, 2)],
+    512: [(64, 64, 8, 2), (16, 64, 4, 2)],
     128: [(64, 64, 4, 2), (16, 64, 4, 2)],
 }
 
@@ -60,12 +61,9 @@ def mla_attention(q_lat_ptr, q_ptr, cache_ptr, page_table_ptr, token_seq_ptr, po
     m_i = tl.full((BLOCK_H, ), float("-inf"), tl.float32)
     l_i = tl.zeros((BLOCK_H, ), tl.float32)
     acc = tl.zeros((BLOCK_H, KV_LORA), tl.float32)
-    # The page id of a tile is read an iteration before its rows: the tile's loads then depend on
-    # no load of their own iteration, so the pipeliner can keep num_stages tiles in flight.
-    page = tl.load(table + start // PAGE, mask=start < end, other=0)
     for j in range(start, end, BLOCK_N):
-        next_page = tl.load(table + (j + BLOCK_N) // PAGE, mask=j + BLOCK_N < end, other=0)
-        rows = (page.to(tl.int64) * PAGE + j % PAGE + n) * (KV_LORA + ROPE)
+        page = tl.load(table + j // PAGE).to(tl.int64)
+        rows = (page * PAGE + j % PAGE + n) * (KV_LORA + ROPE)
         valid = j + n < end
         kv = tl.load(cache_ptr + rows[:, None] + c[None, :], mask=valid[:, None], other=0.0)
         k_rope = tl.load(cache_ptr + rows[:, None] + KV_LORA + r[None, :], mask=valid[:, None],
@@ -79,7 +77,6 @@ def mla_attention(q_lat_ptr, q_ptr, cache_ptr, page_table_ptr, token_seq_ptr, po
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = tl.dot(p.to(kv.dtype), kv, acc * alpha[:, None])
         m_i = m_new
-        page = next_page
 
     # An empty chunk (split past a short context) has l_i = 0: it writes zeros and lse = -inf.
     o = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]

@@ -50,10 +50,9 @@ def mla_head_gemm(a_ptr, b_ptr, c_ptr, M, N, K, stride_am, stride_ab, stride_bb,
              mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
 
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages): decode batches, bound by reading the weights (each
-# head's 128 KB matrix once per M tile), in narrow tiles so that the 128 heads' products make
-# 256 programs or more; prefill in wide ones.
-TILES = [(16, 64, 4, 3), (64, 64, 4, 3), (128, 128, 8, 3)]
+# (BLOCK_M, BLOCK_N, num_warps, num_stages): decode batches (weight-bandwidth bound: each head's
+# 128 KB matrix is read once per M tile) and prefill.
+TILES = [(16, 128, 4, 3), (64, 128, 4, 3), (128, 128, 8, 3)]
 BLOCK_K = 64
 
 

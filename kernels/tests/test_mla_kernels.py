@@ -198,9 +198,9 @@ def run_attention(q, w_uk, w_uv, cache, positions, token_seq, table, max_pages, 
     rope = qk - nope
     V = w_uv.shape[1]
     q_lat = poisoned(T, H, kv_lora)
-    mla_head_gemm.mla_head_gemm[(triton_cdiv(T, 16) * triton_cdiv(kv_lora, 64), H)](
+    mla_head_gemm.mla_head_gemm[(triton_cdiv(T, 16) * triton_cdiv(kv_lora, 128), H)](
         q, w_uk, q_lat, T, kv_lora, nope, H * qk, qk, nope * kv_lora, kv_lora, H * kv_lora,
-        kv_lora, B_NK=0, BLOCK_M=16, BLOCK_N=64, BLOCK_K=64)
+        kv_lora, B_NK=0, BLOCK_M=16, BLOCK_N=128, BLOCK_K=64)
     o_lat = poisoned(T, H, kv_lora)
     grid = (triton_cdiv(H, block_h), T, n_splits)
     scale_log2 = scale * math.log2(math.e)
@@ -219,9 +219,9 @@ def run_attention(q, w_uk, w_uv, cache, positions, token_seq, table, max_pages, 
         mla_attention.mla_combine[(T * H, )](partial, lse, o_lat, T * H, n_splits,
                                              KV_LORA=kv_lora)
     out = poisoned(T, H * V)
-    mla_head_gemm.mla_head_gemm[(triton_cdiv(T, 16) * triton_cdiv(V, 64), H)](
+    mla_head_gemm.mla_head_gemm[(triton_cdiv(T, 16) * triton_cdiv(V, 128), H)](
         o_lat, w_uv, out, T, V, kv_lora, H * kv_lora, kv_lora, V * kv_lora, kv_lora, H * V, V,
-        B_NK=1, BLOCK_M=16, BLOCK_N=64, BLOCK_K=64)
+        B_NK=1, BLOCK_M=16, BLOCK_N=128, BLOCK_K=64)
     return out
 
 
