@@ -31,5 +31,7 @@ for p in "${PY_PACKAGES[@]}"; do
 done
 if ((${#py_missing[@]})); then
   echo "installing Python packages: ${py_missing[*]}"
-  python3 -m pip install -q "${py_missing[@]}"
+  # A Debian system Python refuses pip installs (PEP 668) unless told to go ahead.
+  python3 -m pip install -q "${py_missing[@]}" ||
+    python3 -m pip install -q --break-system-packages "${py_missing[@]}"
 fi

@@ -117,6 +117,7 @@ TEST(PrefixCache, EvictsTheLeastRecentlyUsedLeavesFirst) {
   EXPECT_EQ(cache.match(sc).tokens(), 0);
   EXPECT_EQ(cache.evict(5), 2);  // a's leaf, then the shared page once it is a leaf
   EXPECT_EQ(cache.cached_pages(), 0);
+  EXPECT_EQ(cache.evicted_pages(), 4);
   EXPECT_EQ(pool.used_pages(), 0);
 }
 

@@ -236,6 +236,10 @@ TEST(Scheduler, PreemptsWhenPagesRunOutAndLosesNoRequest) {
     Outcome out = collect(*streams[i]);
     EXPECT_EQ(out.tokens, expected_tokens(requests[i].prompt, requests[i].max_new_tokens)) << i;
     preempted += out.end.preemptions;
+    // The newest running request gives its pages up, so the oldest always runs to its end.
+    if (i == 0) {
+      EXPECT_EQ(out.end.preemptions, 0);
+    }
   }
   EXPECT_GT(preempted, 0) << "the pool never ran short; the test does not test preemption";
   EXPECT_EQ(engine.stats().scheduler.preemptions, preempted);
@@ -294,6 +298,33 @@ TEST(Scheduler, SharedPrefixesHitTheCacheAndGiveTheColdTokens) {
   EXPECT_EQ(s.prompt_tokens, prompt_tokens);
   EXPECT_EQ(s.cached_prompt_tokens, 5 * 4 * kPage);
   EXPECT_LT(s.computed_tokens, prompt_tokens);
+}
+
+TEST(Scheduler, WhenPagesRunShortTheLeastRecentlyUsedCachedPrefixesAreEvicted) {
+  std::mt19937 rng(10);
+  // 16 pages: five finished requests leave 3 cached pages each (15), so the sixth must evict.
+  KvPagePool pool(16);
+  PagedHashModel model(pool.total_pages());
+  ServingEngine engine(model, pool, options(512, 256));
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < 6; ++i) prompts.push_back(random_prompt(rng, 3 * kPage + 10));
+  auto run = [&](int i) {
+    Outcome o = collect(*engine.submit(greedy(prompts[i], 4)));
+    EXPECT_EQ(o.tokens, expected_tokens(prompts[i], 4)) << i;
+    return o.end.cached_prompt_tokens;
+  };
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(run(i), 0) << i;
+  EXPECT_EQ(run(0), 3 * kPage) << "prompt 0 is cached and now the most recently used";
+  EXPECT_EQ(engine.stats().kv_pages_cached, 15);
+  EXPECT_EQ(engine.stats().scheduler.evicted_pages, 0);
+  // Prompt 5 needs 4 pages and 1 is free: prompt 1's pages, the least recently used, go.
+  EXPECT_EQ(run(5), 0);
+  EXPECT_EQ(engine.stats().scheduler.evicted_pages, 3);
+  EXPECT_EQ(run(1), 0) << "prompt 1's pages were evicted";
+  EXPECT_EQ(run(0), 3 * kPage) << "prompt 0, used recently, stayed cached";
+  EXPECT_EQ(run(5), 3 * kPage);
+  engine.stop();
+  expect_no_page_held(pool, engine.stats());
 }
 
 TEST(Scheduler, FragmentationStaysUnderThreePercentForTwoThousandTokenRequests) {
@@ -374,6 +405,30 @@ TEST(Scheduler, WaitingRequestsStartInArrivalOrder) {
   for (auto& s : streams) collect(*s);
   ASSERT_EQ(model.first_tokens.size(), streams.size());
   for (int i = 0; i < int(streams.size()); ++i) EXPECT_EQ(model.first_tokens[i], i);
+}
+
+TEST(Scheduler, ARequestThatDoesNotFitYetIsNotOvertakenByLaterOnes) {
+  std::mt19937 rng(11);
+  // 16 pages. a runs long and holds 9 of them; b's prompt needs 10, so it waits for a; c, small,
+  // comes after b and would fit at once, but waits behind b: nobody waits for ever behind a
+  // stream of small requests.
+  KvPagePool pool(16);
+  PagedHashModel model(pool.total_pages());
+  ServingOptions o = options(1024, 1024);
+  o.scheduler.prefix_cache = false;
+  ServingEngine engine(model, pool, o);
+  std::vector<int32_t> pa = random_prompt(rng, 8 * kPage), pb = random_prompt(rng, 10 * kPage - 2),
+                       pc = random_prompt(rng, 5);
+  pa[0] = 0, pb[0] = 1, pc[0] = 2;
+  auto a = engine.submit(greedy(pa, 40));
+  std::vector<TokenEvent> first;
+  while (first.empty()) a->wait(first, 50ms);
+  auto b = engine.submit(greedy(pb, 3));
+  auto c = engine.submit(greedy(pc, 3));
+  EXPECT_EQ(collect(*a).end.finish_reason, "length");
+  EXPECT_EQ(collect(*b).tokens, expected_tokens(pb, 3));
+  EXPECT_EQ(collect(*c).tokens, expected_tokens(pc, 3));
+  EXPECT_EQ(model.first_tokens, (std::vector<int32_t>{0, 1, 2}));
 }
 
 TEST(Scheduler, RefusesRequestsBeyondTheLimitAndRequestsItCannotRun) {

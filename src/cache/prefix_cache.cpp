@@ -120,6 +120,7 @@ int PrefixCache::evict(int n_pages) {
     std::vector<int32_t> key = std::move(leaf->tokens);
     parent->children.erase(key);
     --n_nodes_;
+    ++evicted_pages_;
     ++freed;
     if (parent != root_.get() && parent->children.empty() && parent->locks == 0)
       leaves.push(parent);

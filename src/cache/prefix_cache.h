@@ -62,6 +62,8 @@ class PrefixCache {
   int evict(int n_pages);
 
   int cached_pages() const { return n_nodes_; }
+  // Pages evicted since the cache was made.
+  int64_t evicted_pages() const { return evicted_pages_; }
   // Cached pages that no sequence uses: what evict() can free.
   int evictable_pages() const { return n_nodes_ - n_locked_; }
 
@@ -74,6 +76,7 @@ class PrefixCache {
   int n_nodes_ = 0;   // not counting the root, which holds no page
   int n_locked_ = 0;  // nodes with lock count > 0
   uint64_t clock_ = 0;
+  int64_t evicted_pages_ = 0;
 };
 
 }  // namespace trident

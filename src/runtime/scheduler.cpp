@@ -219,6 +219,7 @@ SchedulerStats Scheduler::stats() const {
   SchedulerStats s = stats_;
   s.waiting = int(waiting_.size());
   s.running = int(running_.size());
+  if (cache_) s.evicted_pages = cache_->evicted_pages();
   return s;
 }
 

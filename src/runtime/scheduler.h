@@ -63,6 +63,7 @@ struct SchedulerStats {
   int64_t preemptions = 0;
   int64_t prompt_tokens = 0;         // of admitted sequences, first admission
   int64_t cached_prompt_tokens = 0;  // of those, served by the prefix cache
+  int64_t evicted_pages = 0;         // cached pages given back to the pool for lack of free ones
   int64_t computed_tokens = 0;       // tokens run through the model, recomputation included
   int64_t steps = 0;
 };

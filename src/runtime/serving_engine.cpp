@@ -104,6 +104,7 @@ void ServingEngine::stop() {
   }
   active_.clear();
   publish_stats();
+  deliver_ends();
 }
 
 void ServingEngine::loop() {
@@ -122,7 +123,13 @@ void ServingEngine::loop() {
     ScheduledStep step = scheduler_.schedule();
     if (!step.empty()) run_step(step);
     publish_stats();
+    deliver_ends();
   }
+}
+
+void ServingEngine::deliver_ends() {
+  for (auto& [stream, end] : ended_) stream->end(std::move(end));
+  ended_.clear();
 }
 
 void ServingEngine::take_new_requests(std::vector<std::unique_ptr<Active>> arrivals) {
@@ -203,7 +210,7 @@ void ServingEngine::end(Active& a, RequestEnd end) {
   end.cached_prompt_tokens = a.seq->cached_prompt_tokens;
   end.completion_tokens = std::max(a.seq->generated(), 0);
   end.preemptions = a.seq->preemptions;
-  a.stream->end(std::move(end));
+  ended_.emplace_back(a.stream, std::move(end));
   in_flight_.fetch_sub(1);
 }
 

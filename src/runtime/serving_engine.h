@@ -89,8 +89,11 @@ class ServingEngine {
   void drop_cancelled();
   void run_step(const ScheduledStep& step);
   void emit(Active& active, const float* logits);
+  // Ends a request. Its client hears of it from deliver_ends(), after the stats that no longer
+  // count it are published: /metrics read right after a response agrees with it.
   void end(Active& active, RequestEnd end);
   void publish_stats();
+  void deliver_ends();
 
   StepModel& model_;
   KvPagePool& pool_;
@@ -105,6 +108,7 @@ class ServingEngine {
   std::atomic<int> in_flight_{0};
 
   std::unordered_map<uint64_t, std::unique_ptr<Active>> active_;  // engine thread only
+  std::vector<std::pair<std::shared_ptr<RequestStream>, RequestEnd>> ended_;  // engine thread only
   int64_t generated_tokens_ = 0;
 
   mutable std::mutex stats_mutex_;

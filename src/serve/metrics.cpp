@@ -133,6 +133,10 @@ std::string ServerMetrics::render(const ServingStats& e) const {
   single(out, "trident_prefix_cache_hit_rate", "gauge",
          "Prefix cache hit tokens over queried tokens since start.",
          s.prompt_tokens ? double(s.cached_prompt_tokens) / double(s.prompt_tokens) : 0.0);
+  single(out, "trident_prefix_cache_evicted_pages_total", "counter",
+         "Cached KV pages no request used, evicted least recently used first for lack of free "
+         "pages.",
+         double(s.evicted_pages));
   single(out, "trident_preemptions_total", "counter",
          "Running requests preempted (pages freed, recomputed later) for lack of KV pages.",
          double(s.preemptions));

@@ -1,14 +1,12 @@
 """Fixtures for the serving tests: a model directory with a tokenizer, and `trident serve`
 started on a free loopback port (--port 0; the server prints the port it took)."""
 
-import array
 import http.client
 import json
 import os
 from json import dumps
 import queue
 import re
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -18,7 +16,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-TEST_DATA = Path(os.environ.get("TRIDENT_TEST_DATA", REPO / "tests" / "data"))
 MODELS = Path(os.environ.get("TRIDENT_MODELS_DIR", REPO / "models"))
 CLIENT_TIMEOUT = 60  # seconds for any one client call
 
@@ -35,78 +32,21 @@ def binary():
     return trident_binary()
 
 
-def tokenizer_vocab_size(tokenizer_dir: Path) -> int:
-    t = json.loads((tokenizer_dir / "tokenizer.json").read_text())
-    ids = list(t["model"]["vocab"].values()) + [a["id"] for a in t.get("added_tokens", [])]
-    return max(ids) + 1
-
-
-def widen_vocab(src: Path, dst: Path, vocab: int):
-    """Copies a BF16 checkpoint with its embedding and output rows extended to `vocab`: row i
-    past the old vocabulary is old row i % old with its sign flipped, so new tokens neither
-    vanish nor tie with old ones. Reads and writes safetensors with the standard library."""
-    config = json.loads((src / "config.json").read_text())
-    old = config["vocab_size"]
-    config["vocab_size"] = vocab
-    (dst / "config.json").write_text(json.dumps(config, indent=2))
-    index = json.loads((src / "model.safetensors.index.json").read_text())
-    for shard in sorted({src / f for f in index["weight_map"].values()}):
-        raw = shard.read_bytes()
-        n = int.from_bytes(raw[:8], "little")
-        header = json.loads(raw[8:8 + n])
-        data = raw[8 + n:]
-        out_header, chunks, offset = {}, [], 0
-        for name, info in header.items():
-            if name == "__metadata__":
-                out_header[name] = info
-                continue
-            begin, end = info["data_offsets"]
-            blob = data[begin:end]
-            if info["shape"] and info["shape"][0] == old and ("embed_tokens" in name or "head" in name):
-                assert info["dtype"] == "BF16", f"{shard.name}: {name} is {info['dtype']}, not BF16"
-                row = len(blob) // old
-                extra = array.array("H")
-                for i in range(old, vocab):
-                    extra.frombytes(blob[(i % old) * row:(i % old + 1) * row])
-                blob += bytes(array.array("H", (x ^ 0x8000 for x in extra)))
-                info = {**info, "shape": [vocab, *info["shape"][1:]]}
-            out_header[name] = {**info, "data_offsets": [offset, offset + len(blob)]}
-            chunks.append(blob)
-            offset += len(blob)
-        head = json.dumps(out_header).encode()
-        head += b" " * (-len(head) % 8)
-        with open(dst / shard.name, "wb") as f:
-            f.write(len(head).to_bytes(8, "little"))
-            f.write(head)
-            for c in chunks:
-                f.write(c)
-    shutil.copy(src / "model.safetensors.index.json", dst / "model.safetensors.index.json")
-
-
-def find_model_dir(tmp_root: Path) -> Path:
-    """$TRIDENT_SERVE_MODEL if set; else the tiny golden model (3 layers, fast, always in the
-    repo) with the tiny test tokenizer beside it and its vocabulary widened to the tokenizer's;
-    else the small trained model in models/."""
+def find_model_dir() -> Path:
+    """$TRIDENT_SERVE_MODEL if set, else the default model shipped in models/ (a small trained
+    model: greedy text is readable English, so stop strings and chat have real text to act on)."""
     if os.environ.get("TRIDENT_SERVE_MODEL"):
         return Path(os.environ["TRIDENT_SERVE_MODEL"])
-    weights = TEST_DATA / "golden" / "v3-yarn-bf16"
-    tokenizer = TEST_DATA / "tokenizer" / "tiny"
-    if (weights / "config.json").exists() and (tokenizer / "tokenizer.json").exists():
-        model = tmp_root / "tiny-serve"
-        model.mkdir()
-        widen_vocab(weights, model, tokenizer_vocab_size(tokenizer))
-        for f in tokenizer.iterdir():
-            shutil.copy(f, model / f.name)
-        return model
-    for candidate in sorted(MODELS.glob("*/tokenizer.json")):
-        return candidate.parent
-    pytest.fail(f"no model with a tokenizer: expected {weights} and {tokenizer}, or a model "
-                f"directory under {MODELS}")
+    model = MODELS / "trident-tiny"
+    if not (model / "config.json").exists() or not (model / "tokenizer.json").exists():
+        pytest.fail(f"no model at {model}: the default model ships with the repository "
+                    f"(set TRIDENT_SERVE_MODEL to serve another)")
+    return model
 
 
 @pytest.fixture(scope="session")
-def model_dir(tmp_path_factory):
-    return find_model_dir(tmp_path_factory.mktemp("model"))
+def model_dir():
+    return find_model_dir()
 
 
 class Reply:

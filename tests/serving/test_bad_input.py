@@ -158,6 +158,29 @@ def test_more_requests_than_allowed_get_429_and_the_others_finish(start_server):
     still_serves(busy)
 
 
+def test_bad_requests_leave_a_stream_in_flight_untouched(strict):
+    body = {"model": strict.model, "prompt": "It is a truth universally acknowledged",
+            "max_tokens": TOKENS_LIMIT, "temperature": 0, "ignore_eos": True}
+    alone = strict.post("/v1/completions", json=body).json()["choices"][0]["text"]
+    r = strict.stream("/v1/completions", {**body, "stream": True})
+    first = r.readline()
+    assert first.startswith(b"data: ")
+    bad = [post_raw(strict, "/v1/completions", b'{"prompt": '),
+           strict.post("/v1/completions", json={**body, "max_tokens": "many"}),
+           strict.post("/v1/completions", json={**body, "model": "gpt-17"}),
+           strict.post("/v1/completions", json={**body, "prompt": list(range(3, 3 + 2 * CONTEXT))}),
+           strict.post("/v1/completions", json={**body, "max_tokens": 0}),
+           post_raw(strict, "/v1/completions", b'{"prompt": "\xff\xfe"}'),
+           post_raw(strict, "/v1/completions", b'{"prompt": "' + b"x" * 2 * BODY_LIMIT + b'"}')]
+    assert all(400 <= b.status_code < 500 for b in bad), [b.status_code for b in bad]
+    rest = r.read().decode()
+    r.connection_to_close.close()
+    events = [e[len("data: "):] for e in (first.decode() + rest).split("\n\n") if e.strip()]
+    assert events[-1] == "[DONE]"
+    text = "".join(json.loads(e)["choices"][0]["text"] for e in events[:-1])
+    assert text == alone
+
+
 def test_garbage_on_the_socket_does_not_hurt(strict):
     with socket.create_connection((strict.host, strict.port), timeout=CLIENT_TIMEOUT) as s:
         s.sendall(b"\x00\x01 NOT HTTP \r\n\r\n")

@@ -29,6 +29,17 @@ def test_fixed_concurrency_random_prompts(binary, server, tmp_path):
         assert words in table
 
 
+def test_random_lengths_within_the_range_ratio(binary, server, tmp_path):
+    n, input_len, output_len = 10, 60, 12
+    _, r = bench(binary, server, tmp_path, "--num-prompts", str(n), "--random-input-len",
+                 str(input_len), "--random-output-len", str(output_len), "--random-range-ratio",
+                 "0.25", "--max-concurrency", "5", "--seed", "2")
+    assert r["completed"] == n
+    # Lengths are uniform in [len/4, len]: the totals fall strictly between the extremes.
+    assert n * input_len // 4 <= r["total_input_tokens"] < n * input_len
+    assert n * output_len // 4 <= r["total_output_tokens"] < n * output_len
+
+
 def test_request_rate_and_a_prompt_file(binary, server, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text('hello there\n{"prompt": "a line of json", "max_tokens": 3}\n')

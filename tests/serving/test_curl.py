@@ -31,6 +31,18 @@ def test_health_and_models(server):
     assert json.loads(text)["data"][0]["id"] == server.model
 
 
+def test_listens_on_loopback_only_by_default(server):
+    assert server.host == "127.0.0.1"
+    # The listening socket in the kernel's table: bound to 127.0.0.1, not to every address.
+    listening = []
+    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, port = local.split(":")
+        if int(port, 16) == server.port and state == "0A":
+            listening.append(address)
+    assert listening == ["0100007F"], listening
+
+
 def test_completion(server):
     status, text = curl(server, "/v1/completions", {"model": server.model, "prompt": "Hello",
                                                     "max_tokens": 5, "temperature": 0,

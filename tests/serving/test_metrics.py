@@ -2,6 +2,7 @@
 queue, KV pool and prefix cache gauges."""
 
 import re
+import time
 
 import pytest
 
@@ -45,6 +46,36 @@ def test_metrics_count_requests_tokens_and_latencies(fresh):
     assert 0 <= m["trident_kv_utilization_ratio"] <= 1
     assert 0 <= m["trident_kv_fragmentation_ratio"] <= 1
     assert m["trident_engine_steps_total"] >= sum(lengths)
+
+
+def test_queue_running_and_kv_gauges_follow_the_load(start_server):
+    # One request runs at a time: while a long one runs, a second waits in the queue.
+    one = start_server("--max-running", "1")
+    body = {"model": one.model, "prompt": "It is a truth universally acknowledged",
+            "max_tokens": 1000, "temperature": 0, "ignore_eos": True, "stream": True}
+    first = one.stream("/v1/completions", body)
+    assert first.readline().startswith(b"data: ")
+    second = one.stream("/v1/completions", body)
+    deadline = time.monotonic() + 20
+    while True:
+        m = one.metrics()
+        if m["trident_queue_length"] == 1:
+            break
+        assert time.monotonic() < deadline, f"the second request never showed as queued: {m}"
+        time.sleep(0.01)
+    assert m["trident_requests_running"] == 1
+    assert m["trident_requests_in_flight"] == 2
+    assert m["trident_kv_pages_used"] >= 1
+    assert m["trident_kv_utilization_ratio"] == m["trident_kv_pages_used"] / m["trident_kv_pages_total"]
+    assert 0 <= m["trident_kv_fragmentation_ratio"] < 1
+    for r in (first, second):
+        r.connection_to_close.close()
+    deadline = time.monotonic() + 20
+    while one.metrics()["trident_requests_in_flight"] > 0:
+        assert time.monotonic() < deadline, "the closed streams were not cancelled"
+        time.sleep(0.01)
+    m = one.metrics()
+    assert m["trident_queue_length"] == 0 and m["trident_requests_running"] == 0
 
 
 def test_histogram_buckets_are_cumulative(fresh):
