@@ -57,7 +57,9 @@ cuda::DeviceContext& gpu() { return cuda::DeviceContext::get(0); }
 #define SKIP_WITHOUT_GPU() \
   if (!cuda::cuda_available()) GTEST_SKIP() << "no GPU"
 
+// A stream of this thread's own (a thread starts with no current context: make it current).
 CUstream new_stream() {
+  gpu().make_current();
   CUstream s = nullptr;
   cuda::check(cuda::cu().cuStreamCreate(&s, CU_STREAM_NON_BLOCKING), "creating a stream");
   return s;
@@ -144,12 +146,19 @@ std::vector<std::string> run_low_latency(const Case& c, int H, bool fp8, int rou
   ThreadRanks ranks(R);
   std::vector<std::string> errors(R);
   ranks.run([&](int r) {
-    CUstream stream = new_stream();
-    auto comm = ranks.comm(r, Device::CUDA, stream, timeout);
     const int K = c.top_k;
-    const DispatchConfig config{H, K, c.experts, DType::BF16, fp8};
+    CUstream stream = nullptr;
+    std::unique_ptr<Communicator> comm;
+    std::unique_ptr<DispatchCombine> ll;
     std::string why;
-    auto ll = make_low_latency_dispatch_combine(*comm, config, gpu(), stream, cap, &why);
+    try {  // the same failure on every rank returns them all here; one of a kind would hang
+      stream = new_stream();
+      comm = ranks.comm(r, Device::CUDA, stream, timeout);
+      ll = make_low_latency_dispatch_combine(*comm, {H, K, c.experts, DType::BF16, fp8}, gpu(),
+                                             stream, cap, &why);
+    } catch (const std::exception& e) {
+      why = e.what();
+    }
     if (!ll) {
       errors[r] = "no low-latency dispatch: " + why;
       return;
