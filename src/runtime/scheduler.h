@@ -94,6 +94,7 @@ class Scheduler {
   SchedulerStats stats() const;
   KvPagePool& pool() { return pool_; }
   PrefixCache* prefix_cache() { return cache_.get(); }
+  const PrefixCache* prefix_cache() const { return cache_.get(); }
   const SchedulerOptions& options() const { return options_; }
 
  private:

@@ -19,6 +19,14 @@ const float* EngineStepModel::forward(const StepInput& step) {
   return logits_.data();
 }
 
+int64_t EngineStepModel::begin_step(int64_t tokens) {
+  ExpertParallel* ep = engine_.expert_parallel();
+  // Serving never tells the group it has no work left: rank 0 stops it.
+  return ep ? ep->begin_step(tokens, true).total_tokens : tokens;
+}
+
+void EngineStepModel::idle_step() { engine_.model().idle_step(); }
+
 std::vector<std::pair<int32_t, float>> top_logprobs(const float* logits, int vocab, int n) {
   n = std::clamp(n, 0, vocab);
   // The same arithmetic as token_logprob, so a token's logprob and its entry here agree.
@@ -40,13 +48,23 @@ ServingEngine::ServingEngine(StepModel& model, KvPagePool& pool, const ServingOp
     : model_(model), pool_(pool), options_(options), scheduler_(pool, options.scheduler) {
   TRI_CHECK(options.max_requests > 0, "max_requests must be positive, got {}",
             options.max_requests);
+  if (options.ranks) {
+    const size_t n = size_t(options.ranks->size());
+    reports_.resize(n);
+    in_transit_.assign(n, 0);
+    pending_.assign(n, 0);
+    assigned_.assign(n, 0);
+  }
   publish_stats();
-  thread_ = std::thread([this] { loop(); });
+  thread_ = std::thread([this] { options_.ranks ? loop_ranked() : loop(); });
 }
 
 ServingEngine::~ServingEngine() { stop(); }
 
 std::shared_ptr<RequestStream> ServingEngine::submit(GenerationRequest request) {
+  TRI_CHECK(!options_.ranks || options_.ranks->rank() == 0,
+            "requests go to rank 0, which gives them to the ranks; this is rank {}",
+            options_.ranks ? options_.ranks->rank() : 0);
   const int context = options_.scheduler.max_context;
   TRI_CHECK(!request.prompt.empty(), "the prompt is empty");
   TRI_CHECK(int(request.prompt.size()) < context,
@@ -58,16 +76,12 @@ std::shared_ptr<RequestStream> ServingEngine::submit(GenerationRequest request) 
   for (int32_t t : request.prompt)
     TRI_CHECK(t >= 0 && t < vocab, "prompt token id {} is outside the vocabulary (0..{})", t,
               vocab - 1);
-  Sampler sampler(request.sampling);  // checks the sampling parameters
+  Sampler{request.sampling};  // checks the sampling parameters
 
   if (in_flight_.fetch_add(1) >= options_.max_requests) {
     in_flight_.fetch_sub(1);
     return nullptr;
   }
-  auto seq = std::make_shared<Sequence>();
-  seq->tokens = request.prompt;
-  seq->prompt_len = int(request.prompt.size());
-  seq->max_new_tokens = request.max_new_tokens;
   std::shared_ptr<RequestStream> stream;
   {
     std::lock_guard lock(mutex_);
@@ -75,36 +89,69 @@ std::shared_ptr<RequestStream> ServingEngine::submit(GenerationRequest request) 
       in_flight_.fetch_sub(1);
       return nullptr;
     }
-    seq->id = next_id_++;
-    stream = std::make_shared<RequestStream>(seq->id);
-    inbox_.push_back(std::make_unique<Active>(
-        Active{std::move(seq), stream, std::move(request), std::move(sampler)}));
+    const uint64_t id = next_id_++;
+    stream = std::make_shared<RequestStream>(id);
+    inbox_.push_back(make_active(id, std::move(request), stream));
   }
   wake_.notify_one();
   return stream;
 }
 
+std::unique_ptr<ServingEngine::Active> ServingEngine::make_active(
+    uint64_t id, GenerationRequest request, std::shared_ptr<RequestStream> stream) {
+  auto seq = std::make_shared<Sequence>();
+  seq->id = id;
+  seq->tokens = request.prompt;
+  seq->prompt_len = int(request.prompt.size());
+  seq->max_new_tokens = request.max_new_tokens;
+  Sampler sampler(request.sampling);
+  return std::make_unique<Active>(
+      Active{std::move(seq), std::move(stream), std::move(request), std::move(sampler)});
+}
+
 void ServingEngine::stop() {
   {
     std::lock_guard lock(mutex_);
-    if (stopping_ && !thread_.joinable()) return;
     stopping_ = true;
   }
   wake_.notify_one();
+  join();
+}
+
+void ServingEngine::join() {
   if (thread_.joinable()) thread_.join();
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
+  }
+  end_everything({"cancelled", "the server is shutting down"});
+}
+
+void ServingEngine::end_everything(const RequestEnd& why) {
   std::vector<std::unique_ptr<Active>> never_started;
   {
     std::lock_guard lock(mutex_);
     never_started.swap(inbox_);
   }
-  for (auto& a : never_started) end(*a, {"cancelled", "the server is shutting down"});
+  for (auto& a : never_started) end(*a, why);
   for (auto& [id, a] : active_) {
     scheduler_.finish(*a->seq);
-    end(*a, {"cancelled", "the server is shutting down"});
+    end(*a, why);
   }
   active_.clear();
+  for (auto& [id, r] : remote_) {
+    ended_.emplace_back(r.client, why);
+    in_flight_.fetch_sub(1);
+  }
+  remote_.clear();
+  for_front_.clear();
   publish_stats();
   deliver_ends();
+}
+
+std::string ServingEngine::failure() const {
+  std::lock_guard lock(mutex_);
+  return failure_;
 }
 
 void ServingEngine::loop() {
@@ -158,6 +205,8 @@ void ServingEngine::run_step(const ScheduledStep& step) {
   try {
     logits = model_.forward(build_step(step.chunks));
   } catch (const std::exception& e) {
+    // Ranks share every step: one rank's failure is the group's.
+    if (options_.ranks) throw;
     // A failed step fails the requests in it; the others go on.
     spdlog::error("step of {} tokens for {} requests failed: {}", step.tokens, step.seqs.size(),
                   e.what());
@@ -225,6 +274,7 @@ void ServingEngine::publish_stats() {
   s.kv_utilization = pool_.utilization();
   s.kv_fragmentation = pool_.fragmentation();
   s.generated_tokens = generated_tokens_;
+  if (options_.ranks && options_.ranks->rank() == 0) add_group_stats(s);
   std::lock_guard lock(stats_mutex_);
   stats_ = s;
 }

@@ -2,18 +2,29 @@
 // Client threads submit requests and read their tokens from a RequestStream; the engine thread
 // takes new requests and cancellations between steps, asks the scheduler what runs next, runs
 // the step, samples each finished row and pushes the tokens out.
+//
+// Across the ranks of an expert-parallel group (ServingOptions::ranks), attention is data
+// parallel: every rank runs a serving engine with its own scheduler and KV pool. Rank 0 takes
+// the requests and gives each to the rank with the least load (tokens waiting to be computed plus
+// KV pages held); before every step the ranks exchange new requests, cancellations, tokens going
+// back to rank 0's clients and their loads (rank_messages.h), then step through the model
+// together: a rank with nothing to run joins the other ranks' MoE exchanges.
 #pragma once
 
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <unordered_map>
 #include <vector>
 
+#include "parallel/communicator.h"
 #include "runtime/engine.h"
+#include "runtime/rank_messages.h"
 #include "runtime/request.h"
 #include "runtime/sampler.h"
 #include "runtime/scheduler.h"
@@ -28,6 +39,13 @@ class StepModel {
   // Runs one step (host tensors, as build_step makes them) and returns its logits [L, vocab] in
   // host memory, valid until the next call.
   virtual const float* forward(const StepInput& step) = 0;
+
+  // Expert parallelism: every rank, before every step of the group, with the tokens it runs;
+  // returns the tokens of all ranks together. Alone: `tokens`.
+  virtual int64_t begin_step(int64_t tokens) { return tokens; }
+  // A step of the group in which this rank has no tokens: it still serves its experts to the
+  // others' tokens in every MoE layer.
+  virtual void idle_step() {}
 };
 
 // The Engine's model, cache and backend as a StepModel.
@@ -36,6 +54,8 @@ class EngineStepModel : public StepModel {
   explicit EngineStepModel(Engine& engine) : engine_(engine) {}
   int vocab_size() const override { return engine_.config().vocab_size; }
   const float* forward(const StepInput& step) override;
+  int64_t begin_step(int64_t tokens) override;
+  void idle_step() override;
 
  private:
   Engine& engine_;
@@ -46,6 +66,19 @@ struct ServingOptions {
   SchedulerOptions scheduler;
   int max_requests = 256;  // submitted and not yet ended; submit refuses more
   std::vector<int32_t> eos_token_ids;
+  // The data-parallel ranks of an expert-parallel group; null: this engine serves alone. Every
+  // rank makes a serving engine with the same options; rank 0 takes the requests.
+  Communicator* ranks = nullptr;
+  // With ranks, called on the engine thread when the group cannot go on (a rank failed or did
+  // not answer, a step threw): every rank takes part in every step, so one rank's failure stops
+  // them all. The engine has already ended every request with the error. Unset: logged only.
+  std::function<void(const std::string&)> on_group_failure;
+};
+
+// One rank's share of the load, as rank 0 last heard it.
+struct RankServingStats {
+  int64_t requests = 0;  // given to this rank so far
+  int64_t running = 0, waiting = 0, queued_tokens = 0, kv_pages_used = 0;
 };
 
 struct ServingStats {
@@ -58,6 +91,8 @@ struct ServingStats {
   double kv_utilization = 0;
   double kv_fragmentation = 0;
   int64_t generated_tokens = 0;
+  std::vector<RankServingStats> ranks;  // with ranks, on rank 0: per rank; the figures above
+                                        // are the sums over ranks
 };
 
 class ServingEngine {
@@ -69,12 +104,19 @@ class ServingEngine {
   ServingEngine& operator=(const ServingEngine&) = delete;
 
   // Queues a request. Null when max_requests are already in flight. Throws trident::Error for a
-  // request the engine cannot run (empty prompt, prompt not shorter than the context, ...).
+  // request the engine cannot run (empty prompt, prompt not shorter than the context, ...), and
+  // on a rank other than 0, which runs only what rank 0 gives it.
   std::shared_ptr<RequestStream> submit(GenerationRequest request);
   ServingStats stats() const;
   const ServingOptions& options() const { return options_; }
-  // Ends every request still in flight ("cancelled") and stops the engine thread.
+  // Ends every request still in flight ("cancelled") and stops the engine thread; with ranks,
+  // rank 0's stop stops the whole group.
   void stop();
+  // Waits until the engine thread ends (with ranks: rank 0 stopped the group, or it failed),
+  // then ends every request still in flight.
+  void join();
+  // Why the group stopped when it failed; empty otherwise.
+  std::string failure() const;
 
  private:
   struct Active {
@@ -84,6 +126,8 @@ class ServingEngine {
     Sampler sampler;
   };
 
+  std::unique_ptr<Active> make_active(uint64_t id, GenerationRequest request,
+                                      std::shared_ptr<RequestStream> stream);
   void loop();
   void take_new_requests(std::vector<std::unique_ptr<Active>> arrivals);
   void drop_cancelled();
@@ -94,13 +138,30 @@ class ServingEngine {
   void end(Active& active, RequestEnd end);
   void publish_stats();
   void deliver_ends();
+  void end_everything(const RequestEnd& why);
+
+  // With ranks (serving_engine_ranks.cpp).
+  struct Remote {
+    std::shared_ptr<RequestStream> client;
+    int rank = 0;
+    bool cancel_sent = false;
+  };
+  void loop_ranked();
+  // Rank 0: gives each new request to a rank, and asks ranks to cancel what clients dropped.
+  void route(std::vector<std::unique_ptr<Active>> arrivals, RankMessage& out);
+  // Other ranks: the tokens and ends that rank 0's clients have not heard of yet.
+  void send_back(RankMessage& out);
+  void receive(const std::vector<RankMessage>& all);
+  RankReport report() const;
+  void add_group_stats(ServingStats& s) const;
+  void fail_group(const std::string& why);
 
   StepModel& model_;
   KvPagePool& pool_;
   ServingOptions options_;
   Scheduler scheduler_;  // engine thread only
 
-  std::mutex mutex_;
+  mutable std::mutex mutex_;
   std::condition_variable wake_;
   std::vector<std::unique_ptr<Active>> inbox_;
   bool stopping_ = false;
@@ -108,6 +169,15 @@ class ServingEngine {
   std::atomic<int> in_flight_{0};
 
   std::unordered_map<uint64_t, std::unique_ptr<Active>> active_;  // engine thread only
+  // With ranks, engine thread only.
+  std::unordered_map<uint64_t, Remote> remote_;  // rank 0: requests other ranks run
+  // Other ranks: the streams of the requests run here for rank 0's clients.
+  std::unordered_map<uint64_t, std::shared_ptr<RequestStream>> for_front_;
+  std::vector<RankReport> reports_;  // every rank's, from the last exchange
+  std::vector<int64_t> in_transit_, pending_;  // prompt tokens given to ranks, not yet reported
+  std::vector<int64_t> assigned_;              // requests given to each rank so far
+  bool group_busy_ = true;                     // some rank had work at the last exchange
+  std::string failure_;                        // guarded by mutex_
   std::vector<std::pair<std::shared_ptr<RequestStream>, RequestEnd>> ended_;  // engine thread only
   int64_t generated_tokens_ = 0;
 

@@ -145,6 +145,26 @@ std::string ServerMetrics::render(const ServingStats& e) const {
          "Tokens run through the model, recomputation included.", double(s.computed_tokens));
   single(out, "trident_engine_generated_tokens_total", "counter",
          "Tokens sampled by the engine, cancelled requests included.", double(e.generated_tokens));
+  if (!e.ranks.empty()) {
+    auto per_rank = [&](const std::string& name, const char* type, const std::string& help,
+                        auto value) {
+      header(out, name, type, help);
+      for (size_t r = 0; r < e.ranks.size(); ++r)
+        out += fmt::format("{}{{rank=\"{}\"}} {}\n", name, r, value(e.ranks[r]));
+    };
+    per_rank("trident_rank_requests_total", "counter",
+             "Requests given to each data-parallel attention rank.",
+             [](const RankServingStats& r) { return r.requests; });
+    per_rank("trident_rank_requests_running", "gauge", "Requests running on each rank.",
+             [](const RankServingStats& r) { return r.running; });
+    per_rank("trident_rank_requests_waiting", "gauge", "Requests waiting on each rank.",
+             [](const RankServingStats& r) { return r.waiting; });
+    per_rank("trident_rank_queued_tokens", "gauge",
+             "Tokens of each rank's requests not yet computed.",
+             [](const RankServingStats& r) { return r.queued_tokens; });
+    per_rank("trident_rank_kv_pages_used", "gauge", "KV pages in use on each rank.",
+             [](const RankServingStats& r) { return r.kv_pages_used; });
+  }
   return out;
 }
 
