@@ -7,7 +7,9 @@ C[b][m, n] = sum_k A[b][m, k] B[b][k, n], bf16 operands, f32 accumulation, bf16 
 and C are strided (A[b][m, k] at a + b * stride_ab + m * stride_am + k, C likewise), so q's nope
 part and the heads of [T, H, d] activations are read and written in place. B is [K, N] per batch
 (B_NK=0, w_uk) or [N, K] (B_NK=1, w_uv), at b + batch * stride_bb with rows stride_b_row apart.
-Grid: (tiles of M x N, batch). Strides, K and N must be multiples of 16 (all MLA dims are).
+Grid: (tiles of M x N, batch). ALIGNED variants assume N, K and every stride are multiples of 16
+(DeepSeek's dims are); the others assume only 16-byte aligned bases, for head dims such as
+v_head_dim 40 (rows and columns are bounded by M, N and K either way).
 """
 import triton
 import triton.language as tl
@@ -56,23 +58,26 @@ TILES = [(16, 128, 4, 3), (64, 128, 4, 3), (128, 128, 8, 3)]
 BLOCK_K = 64
 
 
-def _variant(b_nk, block_m, block_n, warps, stages):
+def _variant(b_nk, aligned, block_m, block_n, warps, stages):
     signature = {"a_ptr": "*bf16", "b_ptr": "*bf16", "c_ptr": "*bf16", "M": "i32", "N": "i32",
                  "K": "i32", "stride_am": "i32", "stride_ab": "i32", "stride_bb": "i64",
                  "stride_b_row": "i32", "stride_cm": "i32", "stride_cb": "i32",
                  "B_NK": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr",
                  "BLOCK_K": "constexpr"}
-    return Variant(name=f"{'nk' if b_nk else 'kn'}_m{block_m}n{block_n}_w{warps}s{stages}",
+    multiples = ("N", "K", "stride_am", "stride_ab", "stride_bb", "stride_b_row", "stride_cm",
+                 "stride_cb") if aligned else ()
+    return Variant(name=f"{'nk' if b_nk else 'kn'}_m{block_m}n{block_n}_w{warps}s{stages}"
+                   f"{'' if aligned else '_any'}",
                    signature=signature,
                    constexprs={"B_NK": b_nk, "BLOCK_M": block_m, "BLOCK_N": block_n,
                                "BLOCK_K": BLOCK_K},
                    num_warps=warps, num_stages=stages,
-                   divisible_by_16=("a_ptr", "b_ptr", "c_ptr", "N", "K", "stride_am",
-                                    "stride_ab", "stride_bb", "stride_b_row", "stride_cm",
-                                    "stride_cb"),
-                   tags={"B_NK": b_nk, "BLOCK_M": block_m, "BLOCK_N": block_n})
+                   divisible_by_16=("a_ptr", "b_ptr", "c_ptr") + multiples,
+                   tags={"B_NK": b_nk, "BLOCK_M": block_m, "BLOCK_N": block_n,
+                         "ALIGNED": int(aligned)})
 
 
 KERNELS = [Kernel("mla_head_gemm", mla_head_gemm,
-                  [_variant(b_nk, *tile) for b_nk in (0, 1) for tile in TILES],
+                  [_variant(b_nk, aligned, *tile) for aligned in (1, 0) for b_nk in (0, 1)
+                   for tile in TILES],
                   "C[b] = A[b] B[b] per attention head, bf16 in, f32 accumulation, bf16 out")]

@@ -6,8 +6,10 @@ outputs. No GPU needed:
 
 The interpreter is slow, so shapes are small but cross every boundary the kernels have: page and
 tile edges (63/64/65 positions), ragged batches mixing prefill chunks and decodes, head counts
-off the head block, empty splits. The real shapes run on the GPU (tests/gpu/).
+off the head block, empty splits, and the golden-test models' latent, rope and head dims that are
+not powers of two (padded variants). The real shapes run on the GPU (tests/gpu/).
 """
+import itertools
 import math
 import random
 
@@ -20,11 +22,23 @@ import mla_head_gemm
 import mla_rope_cache
 
 PAGE = mla_attention.PAGE
+# tests/data/golden/*/config.json: (kv_lora_rank, qk_rope_head_dim, heads, qk_nope_head_dim,
+# v_head_dim); none of their latent or rope dims has a tuned variant.
+GOLDEN_SHAPES = [(64, 16, 2, 32, 32), (80, 16, 2, 48, 40), (80, 32, 3, 32, 40)]
 BF16_EPS = 2.0**-8  # spacing of bf16 values in [1, 2)
 
 
 def poisoned(*shape, dtype=torch.bfloat16):
     return torch.full(shape, float("nan"), dtype=dtype)
+
+
+GUARD = 256  # elements of poison after a guarded output
+
+
+def guarded(*shape, dtype=torch.bfloat16):
+    """A poisoned output followed in memory by GUARD poisoned elements; returns (output, guard)."""
+    buffer = poisoned(math.prod(shape) + GUARD, dtype=dtype)
+    return buffer[:math.prod(shape)].view(shape), buffer[math.prod(shape):]
 
 
 def bf16_ulps(got, want):
@@ -80,6 +94,14 @@ def triton_cdiv(a, b):
     return (a + b - 1) // b
 
 
+def latent_constexprs(kv_lora, rope):
+    """The variant cuda_attention.cpp picks for a latent: its tuned one, else the padded one."""
+    if (kv_lora, rope) in mla_attention.TUNED_DIMS:
+        return {"KV_BLOCK": kv_lora, "ROPE_BLOCK": rope, "PADDED": 0}
+    return {"KV_BLOCK": mla_attention.padded_block(kv_lora),
+            "ROPE_BLOCK": mla_attention.padded_block(rope), "PADDED": 1}
+
+
 # ---- rope + latent-cache write ---------------------------------------------------------------
 
 
@@ -98,8 +120,10 @@ def rotate_ref(x, pos, inv_freq, attention_factor):
 
 
 def test_rope_cache_write_matches_reference():
-    for kv_lora, rope in mla_rope_cache.LATENT_DIMS:
-        H, nope, T, n_pages = 5, 32, 7, 3
+    shapes = [(l, r, 5, 32) for l, r in mla_rope_cache.TUNED_DIMS]
+    shapes += [(l, r, h, nope) for l, r, h, nope, _ in GOLDEN_SHAPES]
+    for kv_lora, rope, H, nope in shapes:
+        T, n_pages = 7, 3
         eps, factor = 1e-6, 1.3
         q = torch.randn(T, H, nope + rope).to(torch.bfloat16)
         kv = torch.randn(T, kv_lora + rope).to(torch.bfloat16)
@@ -111,8 +135,9 @@ def test_rope_cache_write_matches_reference():
         cache = poisoned(n_pages * PAGE, kv_lora + rope)
         q_ref = q.clone()
         mla_rope_cache.mla_rope_cache_write[(T, )](q, kv, w, inv_freq, positions, slots, cache, H,
-                                                   nope, n_pages * PAGE, eps, factor,
-                                                   KV_LORA=kv_lora, ROPE=rope, HEAD_BLOCK=4)
+                                                   nope, kv_lora, rope, n_pages * PAGE, eps,
+                                                   factor, HEAD_BLOCK=4,
+                                                   **latent_constexprs(kv_lora, rope))
         want_q = q_ref.float()
         want_q[..., nope:] = rotate_ref(want_q[..., nope:], positions, inv_freq, factor)
         assert bf16_ulps(q, want_q.to(torch.bfloat16)) <= 1
@@ -131,8 +156,9 @@ def test_rope_cache_write_matches_reference():
 
 
 def test_head_gemm_both_layouts_ragged_m():
-    H, nope, rope, L, V = 3, 64, 32, 128, 64
-    for M in (1, 17, 70):
+    # trident-tiny's dims, then head and latent dims off multiples of 16 (v_head_dim 40, latent 80).
+    for (H, nope, rope, L, V), M in itertools.product(
+            [(3, 64, 32, 128, 64), (3, 48, 16, 80, 40), (2, 32, 32, 80, 40)], (1, 17, 70)):
         q = torch.randn(M, H, nope + rope).to(torch.bfloat16)
         w_uk = (torch.randn(H, nope, L) * 0.1).to(torch.bfloat16)
         q_lat = poisoned(M, H, L)
@@ -201,23 +227,28 @@ def run_attention(q, w_uk, w_uv, cache, positions, token_seq, table, max_pages, 
     mla_head_gemm.mla_head_gemm[(triton_cdiv(T, 16) * triton_cdiv(kv_lora, 128), H)](
         q, w_uk, q_lat, T, kv_lora, nope, H * qk, qk, nope * kv_lora, kv_lora, H * kv_lora,
         kv_lora, B_NK=0, BLOCK_M=16, BLOCK_N=128, BLOCK_K=64)
-    o_lat = poisoned(T, H, kv_lora)
+    # Columns past a padded latent must not be stored: the guard behind o_lat catches the last
+    # row's (earlier rows' would be overwritten by the next row under the interpreter).
+    o_lat, o_lat_guard = guarded(T, H, kv_lora)
     grid = (triton_cdiv(H, block_h), T, n_splits)
     scale_log2 = scale * math.log2(math.e)
+    dims = latent_constexprs(kv_lora, rope)
     if n_splits == 1:
         mla_attention.mla_attention[grid](q_lat, q, cache, table, token_seq, positions, o_lat,
-                                          o_lat, H, nope, max_pages, 1, scale_log2,
-                                          KV_LORA=kv_lora, ROPE=rope, PAGE=PAGE, BLOCK_H=block_h,
-                                          BLOCK_N=block_n, SPLIT=0)
+                                          o_lat, H, nope, kv_lora, rope, max_pages, 1, scale_log2,
+                                          PAGE=PAGE, BLOCK_H=block_h, BLOCK_N=block_n, SPLIT=0,
+                                          **dims)
     else:
-        partial = poisoned(n_splits, T, H, kv_lora, dtype=torch.float32)
+        partial, partial_guard = guarded(n_splits, T, H, kv_lora, dtype=torch.float32)
         lse = poisoned(n_splits, T, H, dtype=torch.float32)
         mla_attention.mla_attention[grid](q_lat, q, cache, table, token_seq, positions, partial,
-                                          lse, H, nope, max_pages, n_splits, scale_log2,
-                                          KV_LORA=kv_lora, ROPE=rope, PAGE=PAGE, BLOCK_H=block_h,
-                                          BLOCK_N=block_n, SPLIT=1)
-        mla_attention.mla_combine[(T * H, )](partial, lse, o_lat, T * H, n_splits,
-                                             KV_LORA=kv_lora)
+                                          lse, H, nope, kv_lora, rope, max_pages, n_splits,
+                                          scale_log2, PAGE=PAGE, BLOCK_H=block_h, BLOCK_N=block_n,
+                                          SPLIT=1, **dims)
+        mla_attention.mla_combine[(T * H, )](partial, lse, o_lat, T * H, n_splits, kv_lora,
+                                             KV_BLOCK=dims["KV_BLOCK"], PADDED=dims["PADDED"])
+        assert torch.isnan(partial_guard).all(), "partial outputs written past their end"
+    assert torch.isnan(o_lat_guard.float()).all(), "o_lat written past its end"
     out = poisoned(T, H * V)
     mla_head_gemm.mla_head_gemm[(triton_cdiv(T, 16) * triton_cdiv(V, 128), H)](
         o_lat, w_uv, out, T, V, kv_lora, H * kv_lora, kv_lora, V * kv_lora, kv_lora, H * V, V,
@@ -230,7 +261,14 @@ def check_attention(kv_lora, rope, H, nope, V, seqs, n_splits, block_h, block_n=
     positions, token_seq, table, max_pages = make_step(seqs, n_pages)
     T = len(positions)
     # Latent rows as mla_rope_cache_write leaves them (unit RMS), rope keys and queries O(1).
+    # Rows outside every context are NaN, so a read past a context, past a row's latent or rope
+    # columns (padded variants), or from the wrong page shows.
     cache = torch.randn(n_pages, PAGE, kv_lora + rope).to(torch.bfloat16)
+    in_context = torch.zeros(n_pages * PAGE, dtype=torch.bool)
+    for s, (ctx, _) in enumerate(seqs):
+        j = torch.arange(ctx)
+        in_context[table[s].long()[j // PAGE] * PAGE + j % PAGE] = True
+    cache.view(-1, kv_lora + rope)[~in_context] = float("nan")
     q = torch.randn(T, H, nope + rope).to(torch.bfloat16)
     w_uk = (torch.randn(H, nope, kv_lora) / math.sqrt(nope)).to(torch.bfloat16)
     w_uv = (torch.randn(H, V, kv_lora) / math.sqrt(kv_lora)).to(torch.bfloat16)
@@ -250,9 +288,20 @@ def test_attention_ragged_prefill_and_decode():
     # 1/63/64/65 positions; heads off the head block.
     seqs = [(70, 6), (65, 65), (1, 1), (63, 1), (64, 1), (130, 1)]
     worst = 0
-    for kv_lora, rope in mla_attention.LATENT_DIMS:
+    for kv_lora, rope in mla_attention.TUNED_DIMS:
         for splits in (1, 3):
             worst = max(worst, check_attention(kv_lora, rope, 5, 32, 32, seqs, splits, 16))
+    assert worst < 1e-2, worst
+
+
+def test_attention_golden_model_dims_padded():
+    # Latent and rope dims that are not powers of two run padded: the zero columns past them must
+    # add nothing and never be stored (o_lat is poisoned; a stray column shows as NaN or error).
+    seqs = [(70, 6), (1, 1), (64, 1), (130, 1)]
+    worst = 0
+    for kv_lora, rope, H, nope, V in GOLDEN_SHAPES:
+        for splits in (1, 3):
+            worst = max(worst, check_attention(kv_lora, rope, H, nope, V, seqs, splits, 16))
     assert worst < 1e-2, worst
 
 

@@ -31,6 +31,11 @@ const MlaShape kTiny{"trident-tiny", 4, 64, 32, 64, 128};
 const MlaShape kTwentyHeads{"20 heads, tiny latent", 20, 64, 32, 64, 128};
 // DeepSeek-V2-Lite: DeepSeek's latent with few heads.
 const MlaShape kSixteenHeads{"16 heads, DeepSeek latent", 16, 128, 64, 128, 512};
+// The golden-test models (tests/data/golden/*/config.json): latent and rope dims that are not
+// powers of two run on padded variants; v_head_dim 40 takes the unaligned per-head GEMM.
+const MlaShape kGoldenV2{"golden v2, latent 64 rope 16", 2, 32, 16, 32, 64};
+const MlaShape kGoldenV3{"golden v3, latent 80 rope 16 v 40", 2, 48, 16, 40, 80};
+const MlaShape kGoldenV3Yarn{"golden v3 yarn, latent 80 rope 32 v 40", 3, 32, 32, 40, 80};
 
 MlaParams params(const MlaShape& s) {
   // Softmax scale as DeepSeek's with YaRN's mscale^2 folded in: peakier than 1/sqrt(d).
@@ -115,7 +120,8 @@ void expect_rope_cache_write_matches(const MlaShape& s, DType norm_dtype) {
 
 TEST(CudaMlaRopeCacheWrite, RotatesQueriesAndWritesNormalizedLatentWithinOneBf16Ulp) {
   SCOPED_TRACE(seed_note());
-  for (const MlaShape& s : {kDeepSeekV3, kTiny, kTwentyHeads})
+  for (const MlaShape& s :
+       {kDeepSeekV3, kTiny, kTwentyHeads, kGoldenV2, kGoldenV3, kGoldenV3Yarn})
     for (DType norm : {DType::BF16, DType::F32}) expect_rope_cache_write_matches(s, norm);
 }
 
@@ -283,7 +289,8 @@ TEST_P(CudaMlaAttention, StepMixingPrefillChunksAndDecodesMatchesCpu) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, CudaMlaAttention,
-                         ::testing::Values(kDeepSeekV3, kTiny, kTwentyHeads, kSixteenHeads),
+                         ::testing::Values(kDeepSeekV3, kTiny, kTwentyHeads, kSixteenHeads,
+                                           kGoldenV2, kGoldenV3, kGoldenV3Yarn),
                          [](const ::testing::TestParamInfo<MlaShape>& info) {
                            std::string name = info.param.name;
                            for (char& c : name)
@@ -305,15 +312,16 @@ TEST(CudaMlaAttentionSplits, LargeDecodeBatchOfRandomContextsMatchesCpu) {
   expect_attention_matches(kDeepSeekV3, seqs, 0);
 }
 
-TEST(CudaMlaAttentionSplits, RejectsLatentSizesWithoutKernels) {
-  const MlaShape odd{"latent 256", 4, 64, 32, 64, 256};
+TEST(CudaMlaAttentionSplits, RejectsLatentSizesBeyondThePaddedBlocks) {
+  // Any latent up to 512 runs padded; 1024 has no block.
+  const MlaShape odd{"latent 1024", 4, 64, 32, 64, 1024};
   const Step st = make_step({{3, 3}});
   MlaWeights w;
-  w.w_uk = gpu().alloc(DType::BF16, {4, 64, 256});
-  w.w_uv = gpu().alloc(DType::BF16, {4, 64, 256});
+  w.w_uk = gpu().alloc(DType::BF16, {4, 64, 1024});
+  w.w_uv = gpu().alloc(DType::BF16, {4, 64, 1024});
   Tensor q = gpu().alloc(DType::BF16, {3, 4 * 96});
   Tensor out = gpu().alloc(DType::BF16, {3, 4 * 64});
-  KvLayer cache{gpu().alloc(DType::BF16, {st.n_pages, kPage, 288})};
+  KvLayer cache{gpu().alloc(DType::BF16, {st.n_pages, kPage, 1056})};
   EXPECT_THROW(gpu().mla_attention(q, w, params(odd), st.device, cache, out), Error);
 }
 

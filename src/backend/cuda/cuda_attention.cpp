@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <numbers>
 #include <string>
+#include <string_view>
 
 #include "backend/cuda/cuda_ops.h"
 #include "backend/cuda/trident_kernels.h"
@@ -27,16 +28,44 @@ constexpr int64_t kI32Limit = int64_t(1) << 31;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// The latent sizes the MLA kernels are compiled for, checked up front so the error says what to
-// change rather than which tag no variant has.
-void expect_compiled_latent(const char* op, const MlaParams& p) {
-  const bool known = (p.kv_lora_rank == 512 && p.qk_rope_dim == 64) ||
-                     (p.kv_lora_rank == 128 && p.qk_rope_dim == 32);
-  TRI_CHECK(known,
+// The latent and rope dims the MLA kernels cover (kernels/mla_attention.py): tuned variants for
+// DeepSeek's 512/64 and trident-tiny's 128/32, padded ones (blocks the next power of two, at least
+// 16) for any other pair up to these, checked up front so the error says what to change rather
+// than which tag no variant has.
+constexpr int kMaxPaddedLatent = 512;
+constexpr int kMaxPaddedRope = 64;
+
+void expect_supported_latent(const char* op, const MlaParams& p) {
+  TRI_CHECK(p.kv_lora_rank >= 1 && p.kv_lora_rank <= kMaxPaddedLatent && p.qk_rope_dim >= 2 &&
+                p.qk_rope_dim <= kMaxPaddedRope && p.qk_rope_dim % 2 == 0,
             "{}: kv_lora_rank {} with qk_rope_head_dim {} has no compiled MLA kernel (compiled: "
-            "512/64 as DeepSeek-V2/V3, 128/32 as trident-tiny); add the pair to LATENT_DIMS in "
-            "kernels/mla_rope_cache.py and kernels/mla_attention.py",
-            op, p.kv_lora_rank, p.qk_rope_dim);
+            "kv_lora_rank 1..{} with an even qk_rope_head_dim 2..{}); add larger blocks to "
+            "PADDED_KV_BLOCKS / PADDED_ROPE_BLOCKS in kernels/mla_rope_cache.py and "
+            "kernels/mla_attention.py",
+            op, p.kv_lora_rank, p.qk_rope_dim, kMaxPaddedLatent, kMaxPaddedRope);
+}
+
+// Which variants of `kernel` a latent takes: tuned ones compiled for exactly (L, R) when the build
+// has them (and the query's nope part keeps their 16-element alignment), else padded ones.
+struct LatentBlocks {
+  int kv_block, rope_block, padded;
+};
+
+int padded_block(int64_t dim) {
+  int block = 16;
+  while (block < dim) block *= 2;
+  return block;
+}
+
+LatentBlocks latent_blocks(std::string_view kernel, int arch, const MlaParams& p) {
+  const int L = int(p.kv_lora_rank), R = int(p.qk_rope_dim);
+  if (p.qk_nope_dim % 16 == 0) {
+    for (const KernelVariant& v : compiled_kernel_variants())
+      if (v.arch == arch && kernel == v.kernel &&
+          v.matches({{"KV_BLOCK", L}, {"ROPE_BLOCK", R}, {"PADDED", 0}}))
+        return {L, R, 0};
+  }
+  return {padded_block(L), padded_block(R), 1};
 }
 
 void expect_cache(const OpContext& ctx, const char* op, const KvLayer& cache, const MlaParams& p) {
@@ -72,8 +101,15 @@ struct HeadGemm {
 
 void head_gemm(const OpContext& ctx, int heads, const HeadGemm& g) {
   const int block_m = g.M <= 16 ? 16 : g.M <= 64 ? 64 : 128;
-  const KernelVariant& variant = select_variant(
-      "mla_head_gemm", ctx.device.arch(), {{"B_NK", g.b_nk ? 1 : 0}, {"BLOCK_M", block_m}});
+  // Head dims such as v_head_dim 40 leave N and the strides off multiples of 16.
+  const bool aligned = g.N % 16 == 0 && g.K % 16 == 0 && g.stride_am % 16 == 0 &&
+                       g.stride_ab % 16 == 0 && g.stride_bb % 16 == 0 &&
+                       g.stride_b_row % 16 == 0 && g.stride_cm % 16 == 0 && g.stride_cb % 16 == 0;
+  const KernelVariant& variant =
+      select_variant("mla_head_gemm", ctx.device.arch(),
+                     {{"B_NK", g.b_nk ? 1 : 0},
+                      {"BLOCK_M", block_m},
+                      {"ALIGNED", aligned ? 1 : 0}});
   const int64_t tiles =
       ceil_div(g.M, variant.tag("BLOCK_M")) * ceil_div(g.N, variant.tag("BLOCK_N"));
   TRI_CHECK(tiles < kI32Limit, "mla_attention: {} tokens are too many for one launch", g.M);
@@ -112,7 +148,7 @@ void mla_rope_cache_write(const OpContext& ctx, Tensor& q, const Tensor& kv, con
                           KvLayer& cache) {
   const char* op = "mla_rope_cache_write";
   const int T = meta.n_tokens;
-  expect_compiled_latent(op, p);
+  expect_supported_latent(op, p);
   expect_query(ctx, op, q, p, T);
   expect_device_tensor(ctx, kv, op, "kv", {DType::BF16});
   const int64_t row = p.kv_lora_rank + p.qk_rope_dim;
@@ -128,16 +164,19 @@ void mla_rope_cache_write(const OpContext& ctx, Tensor& q, const Tensor& kv, con
   expect_meta_tensor(ctx, op, meta.slot, "slot", T);
   expect_cache(ctx, op, cache, p);
   if (T == 0) return;
+  const LatentBlocks blocks = latent_blocks(op, ctx.device.arch(), p);
   const KernelVariant& variant = select_variant(
-      "mla_rope_cache_write", ctx.device.arch(),
-      {{"KV_LORA", p.kv_lora_rank},
-       {"ROPE", p.qk_rope_dim},
+      op, ctx.device.arch(),
+      {{"KV_BLOCK", blocks.kv_block},
+       {"ROPE_BLOCK", blocks.rope_block},
+       {"PADDED", blocks.padded},
        {"W", int(w.kv_a_norm.dtype == DType::F32 ? KernelDType::F32 : KernelDType::BF16)}});
   kernels::mla_rope_cache_write({ctx.device, ctx.stream, {unsigned(T), 1, 1}}, variant,
                                 device_ptr(q), device_ptr(kv), device_ptr(w.kv_a_norm),
                                 device_ptr(rope.inv_freq), device_ptr(meta.positions),
                                 device_ptr(meta.slot), device_ptr(cache.pages), p.n_heads,
-                                p.qk_nope_dim, cache.pages.dim(0) * kPage, p.kv_norm_eps,
+                                p.qk_nope_dim, p.kv_lora_rank, p.qk_rope_dim,
+                                cache.pages.dim(0) * kPage, p.kv_norm_eps,
                                 rope.attention_factor);
 }
 
@@ -147,7 +186,7 @@ MlaChoice mla_attention(const OpContext& ctx, const Tensor& q, const MlaWeights&
   const char* op = "mla_attention";
   const int T = meta.n_tokens, S = meta.n_seqs, H = p.n_heads;
   const int64_t L = p.kv_lora_rank, R = p.qk_rope_dim, nope = p.qk_nope_dim, V = p.v_dim;
-  expect_compiled_latent(op, p);
+  expect_supported_latent(op, p);
   expect_query(ctx, op, q, p, T);
   expect_device_tensor(ctx, w.w_uk, op, "w_uk", {DType::BF16});
   expect_device_tensor(ctx, w.w_uv, op, "w_uv", {DType::BF16});
@@ -158,8 +197,6 @@ MlaChoice mla_attention(const OpContext& ctx, const Tensor& q, const MlaWeights&
   expect_device_tensor(ctx, out, op, "out", {DType::BF16});
   TRI_CHECK(out.dim(0) == T && out.numel() == int64_t(T) * H * V,
             "{}: out {} does not hold {} tokens x {} heads x {}", op, out.shape_str(), T, H, V);
-  TRI_CHECK(nope % 16 == 0 && V % 16 == 0, "{}: qk_nope_head_dim {} and v_head_dim {} must be "
-            "multiples of 16 for the per-head GEMMs", op, nope, V);
   expect_meta_tensor(ctx, op, meta.positions, "positions", T);
   expect_meta_tensor(ctx, op, meta.token_seq, "token_seq", T);
   expect_meta_tensor(ctx, op, meta.page_table, "page_table", int64_t(S) * meta.max_pages_per_seq);
@@ -175,18 +212,27 @@ MlaChoice mla_attention(const OpContext& ctx, const Tensor& q, const MlaWeights&
   head_gemm(ctx, H, {device_ptr(q), device_ptr(w.w_uk), device_ptr(q_lat), T, L, nope, H * qk, qk,
                      nope * L, L, H * L, L, false});
 
-  // 64 heads fill a Hopper warpgroup's rows; models with fewer heads take the 16-row tiles.
+  // 64 heads fill a Hopper warpgroup's rows; models with fewer heads take the 16-row tiles, as
+  // padded latents always do.
   const int arch = ctx.device.arch();
+  const LatentBlocks blocks = latent_blocks(op, arch, p);
   const KernelVariant* direct = nullptr;
   if (forced && !forced->variant.empty()) {
     direct = &find_variant("mla_attention", arch, forced->variant);
-    TRI_CHECK(direct->tag("KV_LORA") == L && direct->tag("ROPE") == R,
-              "{}: variant {} is for a latent of {}/{}, the model's is {}/{}", op, forced->variant,
-              direct->tag("KV_LORA"), direct->tag("ROPE"), L, R);
+    TRI_CHECK(direct->matches({{"KV_BLOCK", blocks.kv_block},
+                               {"ROPE_BLOCK", blocks.rope_block},
+                               {"PADDED", blocks.padded}}),
+              "{}: variant {} covers a latent of {}/{} ({}), the model's {}/{} takes {}/{} ({})",
+              op, forced->variant, direct->tag("KV_BLOCK"), direct->tag("ROPE_BLOCK"),
+              direct->tag("PADDED") ? "padded" : "exact", L, R, blocks.kv_block,
+              blocks.rope_block, blocks.padded ? "padded" : "exact");
   } else {
-    direct = &select_variant(
-        "mla_attention", arch,
-        {{"KV_LORA", int(L)}, {"ROPE", int(R)}, {"BLOCK_H", H >= 64 ? 64 : 16}, {"SPLIT", 0}});
+    direct = &select_variant("mla_attention", arch,
+                             {{"KV_BLOCK", blocks.kv_block},
+                              {"ROPE_BLOCK", blocks.rope_block},
+                              {"PADDED", blocks.padded},
+                              {"BLOCK_H", H >= 64 && !blocks.padded ? 64 : 16},
+                              {"SPLIT", 0}});
   }
   const int block_h = direct->tag("BLOCK_H");
   const int64_t head_blocks = ceil_div(H, block_h);
@@ -205,8 +251,8 @@ MlaChoice mla_attention(const OpContext& ctx, const Tensor& q, const MlaWeights&
     kernels::mla_attention(attend, *direct, device_ptr(q_lat), device_ptr(q),
                            device_ptr(cache.pages), device_ptr(meta.page_table),
                            device_ptr(meta.token_seq), device_ptr(meta.positions),
-                           device_ptr(o_lat), device_ptr(o_lat), H, int32_t(nope),
-                           meta.max_pages_per_seq, 1, scale_log2);
+                           device_ptr(o_lat), device_ptr(o_lat), H, int32_t(nope), int32_t(L),
+                           int32_t(R), meta.max_pages_per_seq, 1, scale_log2);
   } else {
     const KernelVariant& partial =
         find_variant("mla_attention", arch, std::string(direct->name) + "_split");
@@ -216,13 +262,14 @@ MlaChoice mla_attention(const OpContext& ctx, const Tensor& q, const MlaWeights&
                            device_ptr(cache.pages), device_ptr(meta.page_table),
                            device_ptr(meta.token_seq), device_ptr(meta.positions),
                            device_ptr(partial_out), device_ptr(lse), H, int32_t(nope),
-                           meta.max_pages_per_seq, splits, scale_log2);
-    const KernelVariant& combine =
-        select_variant("mla_combine", arch, {{"KV_LORA", int(L)}});
+                           int32_t(L), int32_t(R), meta.max_pages_per_seq, splits, scale_log2);
+    const KernelVariant& combine = select_variant(
+        "mla_combine", arch, {{"KV_BLOCK", blocks.kv_block}, {"PADDED", blocks.padded}});
     const int64_t rows = int64_t(T) * H;
     TRI_CHECK(rows < kI32Limit, "{}: {} token-heads are too many for one launch", op, rows);
     kernels::mla_combine({ctx.device, ctx.stream, {unsigned(rows), 1, 1}}, combine,
-                         device_ptr(partial_out), device_ptr(lse), device_ptr(o_lat), rows, splits);
+                         device_ptr(partial_out), device_ptr(lse), device_ptr(o_lat), rows, splits,
+                         int32_t(L));
   }
 
   head_gemm(ctx, H, {device_ptr(o_lat), device_ptr(w.w_uv), device_ptr(out), T, V, L, H * L, L,
