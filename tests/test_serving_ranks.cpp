@@ -365,12 +365,20 @@ TEST(RankMessages, TruncatedOrOverlongBytesAreRefused) {
   EXPECT_THROW(decode(bytes + "x"), Error);
 }
 
-TEST(RankMessages, TheLeastLoadedRankWinsAndTiesGoToTheLowest) {
-  EXPECT_EQ(least_loaded_rank({5, 3, 3, 9}), 1);
-  EXPECT_EQ(least_loaded_rank({0, 0}), 0);
+TEST(RankMessages, TheLeastLoadedRankWinsAndTiesGoToTheRankGivenFewestRequests) {
+  EXPECT_EQ(least_loaded_rank({5, 3, 3, 9}, {0, 0, 0, 0}), 1);
+  EXPECT_EQ(least_loaded_rank({5, 3, 3, 9}, {0, 7, 2, 0}), 2);
+  EXPECT_EQ(least_loaded_rank({0, 0}, {0, 0}), 0);
+  EXPECT_EQ(least_loaded_rank({0, 0, 0}, {4, 3, 3}), 1);
   RankReport busy, idle;
   busy.queued_tokens = 10;
   idle.held_pages = 1;
-  EXPECT_EQ(least_loaded_rank({busy.load(64), idle.load(64)}), 0)
+  EXPECT_EQ(least_loaded_rank({busy.load(64), idle.load(64)}, {9, 0}), 0)
       << "10 queued tokens weigh less than a page of 64 held";
+}
+
+TEST(ServingRanks, RequestsOneAfterAnotherTakeTurnsOverIdleRanks) {
+  Group g(3, 32, options(512, 64));
+  for (int i = 0; i < 6; ++i) collect(*g.front().submit(greedy({int32_t(i), 1}, 2)));
+  for (const RankServingStats& r : g.front().stats().ranks) EXPECT_EQ(r.requests, 2);
 }

@@ -1,4 +1,6 @@
-// `trident serve`: the OpenAI-compatible HTTP server on one model.
+// `trident serve`: the OpenAI-compatible HTTP server on one model. With `--ep N` the model runs on
+// N ranks: routed experts split over them, attention data parallel; rank 0 serves HTTP and gives
+// each request to the least loaded rank (runtime/serving_engine.h).
 #include <pthread.h>
 #include <signal.h>
 
@@ -13,8 +15,10 @@
 #include <spdlog/spdlog.h>
 
 #include "cli/commands.h"
+#include "cli/launcher.h"
 #include "core/error.h"
 #include "model/config.h"
+#include "parallel/rank_info.h"
 #include "runtime/engine.h"
 #include "runtime/serving_engine.h"
 #include "serve/chat_template.h"
@@ -41,6 +45,7 @@ struct ServeArgs {
   int max_tokens_limit = 0;
   size_t max_body_bytes = 4 << 20;
   bool no_prefix_cache = false;
+  ParallelArgs parallel;
 };
 
 // The directory's own name, as clients will ask for the model.
@@ -50,16 +55,36 @@ std::string model_name_of(const std::string& dir) {
   return p.filename().string();
 }
 
+void serve(const ServeArgs& a, const sigset_t& stop_signals, RankGroup* ranks);
+
 void run_serve(const ServeArgs& a) {
   // SIGINT and SIGTERM go to one thread that stops the server; every thread started from here
-  // on inherits the mask. A client that goes away must not kill the server with SIGPIPE.
+  // on (MPI's included) inherits the mask. Ranks other than 0 leave the signals pending: rank 0
+  // stops them all. `--ep N` outside mpirun replaces this process by mpirun, which must not
+  // inherit the mask: it stops the ranks on a signal. A client that goes away must not kill the
+  // server with SIGPIPE.
   sigset_t stop_signals;
   sigemptyset(&stop_signals);
   sigaddset(&stop_signals, SIGINT);
   sigaddset(&stop_signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  if (started_by_mpi_launcher() || a.parallel.ep <= 1)
+    pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
+  std::unique_ptr<RankGroup> ranks = start_ranks(a.parallel, a.device);
+  if (!ranks) {
+    serve(a, stop_signals, nullptr);
+    return;
+  }
+  // Any rank's error stops them all, naming the rank.
+  try {
+    serve(a, stop_signals, ranks.get());
+  } catch (const std::exception& e) {
+    ranks->abort(e.what());
+  }
+}
+
+void serve(const ServeArgs& a, const sigset_t& stop_signals, RankGroup* ranks) {
   Tokenizer tokenizer = Tokenizer::from_dir(a.model);
   std::unique_ptr<ChatTemplate> chat;
   try {
@@ -84,6 +109,12 @@ void run_serve(const ServeArgs& a) {
             "--kv-pages {} holds {} tokens, fewer than one {}-token context: give at least {} "
             "pages or lower --max-context",
             eo.kv_pages, eo.kv_pages * KvPagePool::kPageSize, context, context_pages);
+  if (ranks) {
+    eo.ranks = &ranks->comm();
+    eo.device_index = ranks->info().local_rank;
+    eo.expert_parallel = a.parallel.options();
+    eo.redundant_experts = a.parallel.redundant_experts;
+  }
   Engine engine(eo);
 
   ServingOptions so;
@@ -94,9 +125,19 @@ void run_serve(const ServeArgs& a) {
   so.max_requests = a.max_requests;
   for (int id : engine.config().eos_token_ids) so.eos_token_ids.push_back(id);
   if (tokenizer.eos_id() >= 0) so.eos_token_ids.push_back(tokenizer.eos_id());
+  if (ranks) {
+    so.ranks = &ranks->comm();
+    so.on_group_failure = [ranks](const std::string& why) { ranks->abort(why); };
+  }
 
   EngineStepModel model(engine);
   ServingEngine serving(model, engine.pool(), so);
+  if (ranks && ranks->info().rank != 0) {
+    // Serves what rank 0 gives it until rank 0 stops the group.
+    serving.join();
+    engine.expert_parallel()->finish();
+    return;
+  }
   ServerMetrics metrics;
   HttpServerOptions ho;
   ho.host = a.host;
@@ -121,9 +162,10 @@ void run_serve(const ServeArgs& a) {
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
   });
-  spdlog::info("serving '{}' ({}-token context, {} KV pages, up to {} requests at once{})",
-               ho.model_name, engine.max_context(), engine.pool().total_pages(), a.max_requests,
-               a.api_key.empty() ? "" : ", API key required");
+  spdlog::info("serving '{}' ({}-token context, {} KV pages{}, up to {} requests at once{})",
+               ho.model_name, engine.max_context(), engine.pool().total_pages(),
+               ranks ? fmt::format(" on each of {} ranks", ranks->info().size) : "",
+               a.max_requests, a.api_key.empty() ? "" : ", API key required");
   std::printf("listening on http://%s:%d\n", a.host.c_str(), port);
   std::fflush(stdout);
   http.run();
@@ -131,6 +173,7 @@ void run_serve(const ServeArgs& a) {
   // Stopped by a signal, or the server gave up on its own: the stopper ends the engine either way.
   if (!stopping.exchange(true)) pthread_kill(stopper.native_handle(), SIGTERM);
   stopper.join();
+  if (ranks) engine.expert_parallel()->finish();
 }
 
 }  // namespace
@@ -170,6 +213,7 @@ void register_serve(CLI::App& app) {
       ->check(CLI::PositiveNumber);
   cmd->add_flag("--no-prefix-cache", args->no_prefix_cache,
                 "Compute every prompt in full instead of reusing cached prefixes");
+  add_parallel_options(*cmd, args->parallel);
   cmd->callback([args] { run_serve(*args); });
 }
 

@@ -226,9 +226,13 @@ std::vector<RankMessage> exchange_messages(Communicator& comm, const RankMessage
   return out;
 }
 
-int least_loaded_rank(const std::vector<int64_t>& loads) {
-  TRI_CHECK(!loads.empty(), "least_loaded_rank: no ranks");
-  return int(std::min_element(loads.begin(), loads.end()) - loads.begin());
+int least_loaded_rank(const std::vector<int64_t>& loads, const std::vector<int64_t>& given) {
+  TRI_CHECK(!loads.empty() && loads.size() == given.size(),
+            "least_loaded_rank: {} loads and {} request counts", loads.size(), given.size());
+  int best = 0;
+  for (int r = 1; r < int(loads.size()); ++r)
+    if (loads[r] < loads[best] || (loads[r] == loads[best] && given[r] < given[best])) best = r;
+  return best;
 }
 
 }  // namespace trident

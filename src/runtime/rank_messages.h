@@ -66,7 +66,8 @@ RankMessage decode(std::string_view bytes);
 std::vector<RankMessage> exchange_messages(Communicator& comm, const RankMessage& mine,
                                            std::string_view what);
 
-// The rank a new request goes to: the one with the least load (ties: the lowest rank).
-int least_loaded_rank(const std::vector<int64_t>& loads);
+// The rank a new request goes to: the one with the least load; among equally loaded ranks (idle
+// ones, say), the one given the fewest requests so far, then the lowest.
+int least_loaded_rank(const std::vector<int64_t>& loads, const std::vector<int64_t>& given);
 
 }  // namespace trident

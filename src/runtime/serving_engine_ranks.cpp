@@ -73,7 +73,7 @@ void ServingEngine::route(std::vector<std::unique_ptr<Active>> arrivals, RankMes
   for (auto& a : arrivals) {
     std::vector<int64_t> loads(n);
     for (int r = 0; r < n; ++r) loads[r] = reports_[r].load(kPage) + in_transit_[r] + pending_[r];
-    const int rank = least_loaded_rank(loads);
+    const int rank = least_loaded_rank(loads, assigned_);
     ++assigned_[rank];
     pending_[rank] += a->seq->prompt_len;
     if (rank == 0) {
