@@ -74,6 +74,9 @@ def test_same_seed_same_sample_and_top_k_one_is_greedy(server):
     a = c.completions.create(temperature=1.0, top_p=0.9, seed=7, **kw)
     b = c.completions.create(temperature=1.0, top_p=0.9, seed=7, **kw)
     assert a.choices[0].text == b.choices[0].text
+    others = {c.completions.create(temperature=1.0, top_p=0.9, seed=s, **kw).choices[0].text
+              for s in (8, 9)}
+    assert others != {a.choices[0].text}, "the seed changes nothing"
     greedy = c.completions.create(temperature=0, **kw)
     top1 = c.completions.create(temperature=1.5, seed=3, extra_body={"ignore_eos": True, "top_k": 1},
                                 model=server.model, prompt=PROMPT, max_tokens=16)
@@ -135,6 +138,8 @@ def test_api_key_is_required_when_set(start_server):
     with pytest.raises(openai.AuthenticationError) as e:
         client(s, "wrong").completions.create(model=s.model, prompt="x", max_tokens=1)
     assert "API key" in str(e.value)
+    r = s.post("/v1/completions", json={"model": s.model, "prompt": "x", "max_tokens": 1})
+    assert r.status_code == 401 and "Bearer" in r.json()["error"]["message"]
     r = client(s, "sekret").completions.create(model=s.model, prompt="x", max_tokens=1)
     assert r.usage.completion_tokens == 1
     # Health and metrics stay open to probes.
