@@ -24,6 +24,7 @@
 #include "serve/chat_template.h"
 #include "serve/http_server.h"
 #include "serve/metrics.h"
+#include "serve/stats_log.h"
 #include "serve/tokenizer.h"
 
 namespace trident::cli {
@@ -45,6 +46,7 @@ struct ServeArgs {
   int max_tokens_limit = 0;
   size_t max_body_bytes = 4 << 20;
   bool no_prefix_cache = false;
+  double log_stats_s = 10;
   ParallelArgs parallel;
 };
 
@@ -139,6 +141,7 @@ void serve(const ServeArgs& a, const sigset_t& stop_signals, RankGroup* ranks) {
     return;
   }
   ServerMetrics metrics;
+  StatsLog stats_log(serving, std::chrono::duration<double>(a.log_stats_s));
   HttpServerOptions ho;
   ho.host = a.host;
   ho.port = a.port;
@@ -213,6 +216,10 @@ void register_serve(CLI::App& app) {
       ->check(CLI::PositiveNumber);
   cmd->add_flag("--no-prefix-cache", args->no_prefix_cache,
                 "Compute every prompt in full instead of reusing cached prefixes");
+  cmd->add_option("--log-stats", args->log_stats_s,
+                  "Seconds between log lines of throughput, queue, KV use and cache hits while "
+                  "busy (0: none)")
+      ->check(CLI::NonNegativeNumber);
   add_parallel_options(*cmd, args->parallel);
   cmd->callback([args] { run_serve(*args); });
 }
