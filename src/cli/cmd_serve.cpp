@@ -40,6 +40,7 @@ struct ServeArgs {
   std::string served_model_name;
   int max_context = 0;
   int kv_pages = 0;
+  double gpu_memory_fraction = 0.9;
   int max_running = 64;
   int step_tokens = 512;
   int max_requests = 256;
@@ -99,15 +100,19 @@ void serve(const ServeArgs& a, const sigset_t& stop_signals, RankGroup* ranks) {
   eo.model_dir = a.model;
   eo.device = a.device;
   eo.max_context = a.max_context;
+  eo.gpu_memory_fraction = a.gpu_memory_fraction;
+  eo.max_step_tokens = a.step_tokens;
   eo.show_progress = true;
-  // The pool holds every request's pages: by default 256 pages (16k tokens), or one full context
-  // if that is more (the context as EngineOptions::max_context picks it).
+  // The pool holds every request's pages. On one GPU the memory plan gives it what the weights
+  // and a step's workspace leave; elsewhere it has 256 pages (16k tokens), or one full context if
+  // that is more (the context as EngineOptions::max_context picks it).
   const ModelConfig config = ModelConfig::from_file(std::filesystem::path(a.model) / "config.json");
   const int context =
       a.max_context > 0 ? a.max_context : std::min(config.max_position_embeddings, 8192);
   const int context_pages = pages_for_tokens(context, KvPagePool::kPageSize);
-  eo.kv_pages = a.kv_pages > 0 ? a.kv_pages : std::max(256, context_pages);
-  TRI_CHECK(eo.kv_pages >= context_pages,
+  const bool planned = a.device == "cuda" && !ranks;
+  eo.kv_pages = a.kv_pages > 0 ? a.kv_pages : planned ? 0 : std::max(256, context_pages);
+  TRI_CHECK(eo.kv_pages == 0 || eo.kv_pages >= context_pages,
             "--kv-pages {} holds {} tokens, fewer than one {}-token context: give at least {} "
             "pages or lower --max-context",
             eo.kv_pages, eo.kv_pages * KvPagePool::kPageSize, context, context_pages);
@@ -199,8 +204,12 @@ void register_serve(CLI::App& app) {
                   "Tokens per request, prompt and completion (0: model's, up to 8192)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--kv-pages", args->kv_pages,
-                  "KV cache pages of 64 tokens for all requests (0: 256, at least one context)")
+                  "KV cache pages of 64 tokens for all requests (0: on one GPU, all the memory "
+                  "plan leaves; elsewhere 256, at least one context)")
       ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--gpu-memory-fraction", args->gpu_memory_fraction,
+                  "Fraction of the GPU's memory to reserve at start (weights, KV cache, workspace)")
+      ->check(CLI::Range(0.01, 1.0));
   cmd->add_option("--max-running", args->max_running, "Requests in one batch at most")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--step-tokens", args->step_tokens,
