@@ -60,12 +60,18 @@ def test_chat_completion_and_its_stream_agree(server):
 
 
 def test_the_chat_template_is_applied(server):
-    # The rendered conversation is longer than the user's words alone.
+    # DeepSeek-V3's template: BOS, the system prompt, then <｜User｜>...<｜Assistant｜>. A plain
+    # completion of that text (which gets BOS too) is the same prompt, so it gives the same text.
     c = client(server)
-    plain = c.completions.create(model=server.model, prompt="Hi", max_tokens=1, temperature=0)
-    chat = c.chat.completions.create(model=server.model, max_tokens=1, temperature=0,
-                                     messages=[{"role": "user", "content": "Hi"}])
-    assert chat.usage.prompt_tokens > plain.usage.prompt_tokens
+    chat = c.chat.completions.create(model=server.model, max_tokens=20, temperature=0,
+                                     messages=[{"role": "system", "content": "You are terse."},
+                                               {"role": "user", "content": "Who is Mr. Darcy?"}])
+    plain = c.completions.create(model=server.model, max_tokens=20, temperature=0,
+                                 prompt="You are terse.<｜User｜>Who is Mr. Darcy?<｜Assistant｜>")
+    assert chat.usage.prompt_tokens == plain.usage.prompt_tokens
+    assert chat.choices[0].message.content == plain.choices[0].text
+    bare = c.completions.create(model=server.model, prompt="Who is Mr. Darcy?", max_tokens=1)
+    assert chat.usage.prompt_tokens > bare.usage.prompt_tokens
 
 
 def test_same_seed_same_sample_and_top_k_one_is_greedy(server):
