@@ -109,6 +109,8 @@ def test_invalid_utf8(strict):
                  400, "UTF-8")
     expect_error(post_raw(strict, "/v1/chat/completions",
                           b'{"messages": [{"role": "user", "content": "\xff"}]}'), 400, "UTF-8")
+    # A lone surrogate in a JSON escape names no character either.
+    expect_error(post_raw(strict, "/v1/completions", b'{"prompt": "a\\udc80b"}'), 400, "surrogate")
     still_serves(strict)
 
 
