@@ -299,6 +299,30 @@ TEST(Scheduler, ARequestThatDoesNotFitYetIsNotOvertakenByLaterOnes) {
   EXPECT_EQ(model.first_tokens, (std::vector<int32_t>{0, 1, 2}));
 }
 
+TEST(Scheduler, ARequestThatWaitsLongerThanTheBoundEndsAsATimeoutAndOthersGoOn) {
+  KvPagePool pool(64);
+  PagedHashModel model(pool.total_pages());
+  ServingOptions o = options(2048, 256, /*max_running=*/1);
+  o.max_queue_wait = 100ms;
+  // Steps of a millisecond at least: a's 300 tokens take longer than b may wait.
+  model.on_step = [] { std::this_thread::sleep_for(1ms); };
+  ServingEngine engine(model, pool, o);
+  // a runs long, so b cannot start; c comes once a is done and starts at once.
+  auto a = engine.submit(greedy({1, 2, 3}, 300));
+  std::vector<TokenEvent> first;
+  while (first.empty()) a->wait(first, 50ms);
+  const auto b_submitted = std::chrono::steady_clock::now();
+  Outcome b = collect(*engine.submit(greedy({4, 5}, 3)));
+  EXPECT_GE(std::chrono::steady_clock::now() - b_submitted, 100ms);
+  EXPECT_EQ(b.end.finish_reason, "timeout");
+  EXPECT_NE(b.end.error.find("waited"), std::string::npos) << b.end.error;
+  EXPECT_TRUE(b.tokens.empty());
+  Outcome oa = collect(*a);
+  EXPECT_EQ(oa.end.finish_reason, "length");
+  EXPECT_EQ(oa.tokens.size() + first.size(), 300u);
+  EXPECT_EQ(collect(*engine.submit(greedy({6}, 2))).end.finish_reason, "length");
+}
+
 TEST(Scheduler, RefusesRequestsBeyondTheLimitAndRequestsItCannotRun) {
   KvPagePool pool(16);
   PagedHashModel model(pool.total_pages());

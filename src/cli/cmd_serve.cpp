@@ -44,6 +44,7 @@ struct ServeArgs {
   int max_running = 64;
   int step_tokens = 512;
   int max_requests = 256;
+  double max_queue_s = 600;
   int max_tokens_limit = 0;
   size_t max_body_bytes = 4 << 20;
   bool no_prefix_cache = false;
@@ -130,6 +131,7 @@ void serve(const ServeArgs& a, const sigset_t& stop_signals, RankGroup* ranks) {
   so.scheduler.step_tokens = a.step_tokens;
   so.scheduler.prefix_cache = !a.no_prefix_cache;
   so.max_requests = a.max_requests;
+  so.max_queue_wait = std::chrono::duration<double>(a.max_queue_s);
   for (int id : engine.config().eos_token_ids) so.eos_token_ids.push_back(id);
   if (tokenizer.eos_id() >= 0) so.eos_token_ids.push_back(tokenizer.eos_id());
   if (ranks) {
@@ -218,6 +220,10 @@ void register_serve(CLI::App& app) {
   cmd->add_option("--max-requests", args->max_requests,
                   "Requests accepted at once (running and queued); more get 429")
       ->check(CLI::PositiveNumber);
+  cmd->add_option("--max-queue-seconds", args->max_queue_s,
+                  "Seconds a request may wait to start; one that waited longer gets 503 (0: no "
+                  "limit)")
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option("--max-tokens-limit", args->max_tokens_limit,
                   "Largest max_tokens a request may ask for (0: the context length)")
       ->check(CLI::NonNegativeNumber);

@@ -32,7 +32,9 @@ struct TokenEvent {
 
 // How a request ended; `error` is set when it failed.
 struct RequestEnd {
-  std::string finish_reason;  // "stop", "length", "cancelled" or "error"
+  // "stop", "length", "cancelled", "error", or "timeout" (it never started: it waited in the
+  // queue longer than the server allows).
+  std::string finish_reason;
   std::string error;
   int prompt_tokens = 0;
   int cached_prompt_tokens = 0;  // prompt tokens served by the prefix cache

@@ -167,6 +167,7 @@ void ServingEngine::loop() {
     }
     take_new_requests(std::move(arrivals));
     drop_cancelled();
+    drop_overdue();
     ScheduledStep step = scheduler_.schedule();
     if (!step.empty()) run_step(step);
     publish_stats();
@@ -196,6 +197,27 @@ void ServingEngine::drop_cancelled() {
     }
     scheduler_.finish(*a.seq);
     end(a, {"cancelled", ""});
+    it = active_.erase(it);
+  }
+}
+
+void ServingEngine::drop_overdue() {
+  const auto limit = options_.max_queue_wait;
+  if (limit.count() <= 0) return;
+  const auto now = std::chrono::steady_clock::now();
+  for (auto it = active_.begin(); it != active_.end();) {
+    Active& a = *it->second;
+    // A request preempted after it started keeps its place: it is never dropped.
+    if (a.seq->running || a.seq->counted_prompt || now - a.arrival <= limit) {
+      ++it;
+      continue;
+    }
+    scheduler_.finish(*a.seq);
+    end(a, {"timeout",
+            fmt::format("it waited {:.1f} s in the queue without starting, longer than this "
+                        "server allows (--max-queue-seconds {}): the server is overloaded; retry "
+                        "later",
+                        std::chrono::duration<double>(now - a.arrival).count(), limit.count())});
     it = active_.erase(it);
   }
 }

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -65,6 +66,9 @@ class EngineStepModel : public StepModel {
 struct ServingOptions {
   SchedulerOptions scheduler;
   int max_requests = 256;  // submitted and not yet ended; submit refuses more
+  // A request that has not started this long after it came ends as "timeout" (0: it waits as
+  // long as it takes). Requests start first come first served, so this bounds everyone's wait.
+  std::chrono::duration<double> max_queue_wait{0};
   std::vector<int32_t> eos_token_ids;
   // The data-parallel ranks of an expert-parallel group; null: this engine serves alone. Every
   // rank makes a serving engine with the same options; rank 0 takes the requests.
@@ -124,6 +128,7 @@ class ServingEngine {
     std::shared_ptr<RequestStream> stream;
     GenerationRequest request;
     Sampler sampler;
+    std::chrono::steady_clock::time_point arrival = std::chrono::steady_clock::now();
   };
 
   std::unique_ptr<Active> make_active(uint64_t id, GenerationRequest request,
@@ -131,6 +136,8 @@ class ServingEngine {
   void loop();
   void take_new_requests(std::vector<std::unique_ptr<Active>> arrivals);
   void drop_cancelled();
+  // Ends the requests that waited longer than max_queue_wait without starting.
+  void drop_overdue();
   void run_step(const ScheduledStep& step);
   void emit(Active& active, const float* logits);
   // Ends a request. Its client hears of it from deliver_ends(), after the stats that no longer

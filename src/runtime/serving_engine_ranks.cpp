@@ -51,6 +51,7 @@ void ServingEngine::loop_ranked() {
       receive(all);
       if (stop) return;
       drop_cancelled();
+      drop_overdue();
       ScheduledStep step = scheduler_.schedule();
       // Every rank decides from the same messages whether the group steps at all.
       if (group_busy_) {

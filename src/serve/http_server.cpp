@@ -214,6 +214,9 @@ struct Session {
   std::optional<ApiError> failure() const {
     if (finish_reason == "error")
       return ApiError(500, "server_error", fmt::format("generation failed: {}", end.error));
+    if (finish_reason == "timeout")
+      return ApiError(503, "server_error", fmt::format("the request never started: {}", end.error),
+                      "", "queue_timeout");
     if (finish_reason == "cancelled")
       return ApiError(503, "server_error",
                       fmt::format("the request was cancelled: {}",

@@ -183,6 +183,21 @@ def test_bad_requests_leave_a_stream_in_flight_untouched(strict):
     assert text == alone
 
 
+def test_a_request_that_cannot_start_in_time_gets_503_and_the_running_one_finishes(start_server):
+    # One request runs at a time and none may wait more than 0.3 s to start.
+    busy = start_server("--max-running", "1", "--max-queue-seconds", "0.3")
+    body = {"model": busy.model, "prompt": "It is a truth", "max_tokens": 200, "temperature": 0,
+            "ignore_eos": True}
+    running = busy.stream("/v1/completions", {**body, "stream": True})
+    assert running.readline().startswith(b"data: {")
+    err = expect_error(busy.post("/v1/completions", json=body), 503, "queue", "0.3")
+    assert err["code"] == "queue_timeout"
+    assert running.read().decode().endswith("data: [DONE]\n\n")
+    running.connection_to_close.close()
+    assert busy.metrics()['trident_requests_finished_total{finish_reason="timeout"}'] == 1
+    still_serves(busy)
+
+
 def test_garbage_on_the_socket_does_not_hurt(strict):
     with socket.create_connection((strict.host, strict.port), timeout=CLIENT_TIMEOUT) as s:
         s.sendall(b"\x00\x01 NOT HTTP \r\n\r\n")
