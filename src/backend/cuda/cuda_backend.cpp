@@ -9,10 +9,6 @@
 
 namespace trident::cuda {
 
-namespace {
-[[noreturn]] void not_implemented(const char* op) { fail("not implemented on CUDA yet: {}", op); }
-}  // namespace
-
 CudaBackend::CudaBackend(int device_ordinal, double memory_fraction)
     : ops_{DeviceContext::get(device_ordinal), DeviceContext::get(device_ordinal).stream()} {
   if (memory_fraction <= 0) return;
@@ -162,12 +158,22 @@ void CudaBackend::mla_attention(const Tensor& q, const MlaWeights& w, const MlaP
                                   mla_override_ ? &*mla_override_ : nullptr);
 }
 
-void CudaBackend::moe_gate(const Tensor&, const Tensor&, const GateParams&, Tensor&, Tensor&) {
-  not_implemented("moe_gate");
+void CudaBackend::moe_gate(const Tensor& logits, const Tensor& bias, const GateParams& p,
+                           Tensor& topk_ids, Tensor& topk_weights) {
+  ops_.device.make_current();
+  cuda::moe_gate(ops_, logits, bias, p, topk_ids, topk_weights);
 }
-void CudaBackend::moe_experts(const Tensor&, const Tensor&, const Tensor&, const ExpertWeights&,
-                              Tensor&) {
-  not_implemented("moe_experts");
+
+void CudaBackend::moe_experts(const Tensor& x, const Tensor& topk_ids, const Tensor& topk_weights,
+                              const ExpertWeights& experts, Tensor& out) {
+  ops_.device.make_current();
+  last_moe_ = cuda::moe_experts(ops_, expert_tables_, x, topk_ids, topk_weights, experts, out,
+                                moe_override_ ? &*moe_override_ : nullptr);
+}
+
+void CudaBackend::sample(const Tensor& logits, std::span<const SampleRow> rows, Tensor& ids) {
+  ops_.device.make_current();
+  cuda::sample_tokens(ops_, logits, rows, ids);
 }
 
 }  // namespace trident::cuda

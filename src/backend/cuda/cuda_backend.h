@@ -5,6 +5,7 @@
 
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 
 #include "backend/backend.h"
@@ -65,6 +66,18 @@ class CudaBackend final : public Backend {
   void set_mla_override(std::optional<MlaChoice> choice) { mla_override_ = std::move(choice); }
   // The variant and split the last mla_attention used.
   const MlaChoice& last_mla() const { return last_mla_; }
+  // Pins the grouped GEMM variants of moe_experts ("kernel/variant" each; empty: chosen from
+  // the shape) instead of the defaults (tests, benchmarks); nullopt restores them.
+  void set_moe_override(std::optional<MoeChoice> choice) { moe_override_ = std::move(choice); }
+  // The variants the last moe_experts ran.
+  const MoeChoice& last_moe() const { return last_moe_; }
+  // The device tables of the expert weights moe_experts has seen (benchmarks run its steps).
+  ExpertTables& expert_tables() { return expert_tables_; }
+
+  // Draws one token per row of logits [B, V] (f32 or bf16) into ids [B] i32 with each row's
+  // parameters, as the CPU sampler's rules do (runtime/sampler.h), from a random stream keyed by
+  // the row's seed at its step.
+  void sample(const Tensor& logits, std::span<const SampleRow> rows, Tensor& ids);
 
   DeviceContext& context() { return ops_.device; }
 
@@ -74,6 +87,9 @@ class CudaBackend final : public Backend {
   GemmChoice last_gemm_;
   std::optional<MlaChoice> mla_override_;
   MlaChoice last_mla_;
+  ExpertTables expert_tables_;
+  std::optional<MoeChoice> moe_override_;
+  MoeChoice last_moe_;
 };
 
 }  // namespace trident::cuda
