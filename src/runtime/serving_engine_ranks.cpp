@@ -109,6 +109,8 @@ void ServingEngine::receive(const std::vector<RankMessage>& all) {
   const int me = options_.ranks->rank();
   for (size_t r = 0; r < all.size(); ++r) reports_[r] = all[r].report;
   if (me == 0) {
+    // The figures first: a client that sees a token finds /metrics counting its rank's state.
+    publish_stats();
     for (size_t r = 1; r < all.size(); ++r)
       for (const RankMessage::Update& u : all[r].updates) {
         auto it = remote_.find(u.id);
