@@ -7,6 +7,9 @@ launcher) against their peers and ceilings, all measured in one run on one GPU:
   BF16 GEMM               vs cuBLAS BF16
   act_quant, RMSNorm      vs torch eager, and the copy-bandwidth floor
   MLA decode              against the copy bandwidth (the target: 90% of it) and the floor
+  grouped expert GEMMs    FP8 gate/up (SiLU-mul and quantization fused) and down over many experts,
+                          prefill and decode layouts, beside the dense FP8 GEMM (ours) and
+                          scaled_mm at the same M x N x K; and the whole moe_experts op
 
 Ceilings measured here: device-to-device copy bandwidth (bytes read + written) and the BF16
 matrix rate (8192^3). The floor of a case is max(bytes / copy bandwidth, FLOPs / peak), with the
@@ -257,6 +260,72 @@ def mla_table(records, ceil):
     return lines
 
 
+# Grouped FP8 expert GEMMs at DeepSeek-V3's expert shapes, as (layout, local experts, rows per
+# expert): prefill on an expert-parallel rank of 8 (32 of the 256 experts; 8192 or 4096 tokens
+# per rank routed 8 ways) and on one GPU holding all 256 (2048 tokens); decode with a few rows
+# per expert. The whole op on one GPU at 1 to 2048 tokens.
+MOE_HIDDEN, MOE_INTER = 7168, 2048
+MOE_LAYOUTS = [("prefill", 32, 2048), ("prefill", 32, 1024), ("decode", 32, 32),
+               ("decode", 32, 8), ("prefill", 256, 64), ("decode", 256, 4), ("decode", 256, 1)]
+MOE_TOKENS = [1, 32, 128, 2048]
+MOE_OPS = {"moe_gate_up": (2 * MOE_INTER, MOE_HIDDEN), "moe_down": (MOE_HIDDEN, MOE_INTER)}
+
+
+def moe_cases(sweep):
+    """Cases grouped by expert count, so each set of expert weights is uploaded once."""
+    cases = []
+    for _, E, M in MOE_LAYOUTS:
+        for op, (N, K) in MOE_OPS.items():
+            cases.append(f"fp8_gemm {E * M} {N} {K}")
+            cases.append(f"{op} {E} {M} {MOE_HIDDEN} {MOE_INTER} auto")
+            if sweep:
+                cases.append(f"{op} {E} {M} {MOE_HIDDEN} {MOE_INTER} all")
+    cases += [f"moe_experts {T} 256 8 {MOE_HIDDEN} {MOE_INTER}" for T in MOE_TOKENS]
+    return cases
+
+
+def moe_tables(records, ceil, peers):
+    """The grouped GEMMs against their floor, our dense FP8 GEMM and scaled_mm at the same
+    M x N x K (one weight instead of E); the best swept variant; the whole op."""
+    lines = ["| layout | experts × rows | op (N × K) | floor µs | ours µs | TFLOPS | % of floor | "
+             "variant | best swept (TFLOPS) | dense ours TFLOPS | scaled_mm TFLOPS | "
+             "ours vs scaled_mm |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    dense = {(r["M"], r["N"], r["K"]): r for r in records if r["op"] == "fp8_gemm"}
+    sweeps = []
+    for layout, E, M in MOE_LAYOUTS:
+        for op, (N, K) in MOE_OPS.items():
+            mine = [r for r in records if r["op"] == op and r["E"] == E and r["M"] == M]
+            auto = next((r for r in mine if not r["sweep"]), None)
+            if auto is None:
+                continue
+            swept = sorted((r for r in mine if r["sweep"]), key=lambda r: -r["tflops"])
+            best = f"{swept[0]['variant']} ({swept[0]['tflops']:.0f})" if swept else "-"
+            floor = max(auto["bytes"] / (ceil["copy_gbps"] * 1e3),
+                        auto["flops"] / (FP8_PEAK_TFLOPS * 1e6))
+            d = dense.get((E * M, N, K))
+            sm = guarded(peer_scaled_mm, E * M, N, K)
+            sm_us = sm and sm[0]
+            peers.append({"op": op, "E": E, "M": M, "scaled_mm_us": sm_us, "floor_us": floor})
+            lines.append(
+                f"| {layout} | {E} × {M} | {op.removeprefix('moe_')} ({N} × {K}) | {floor:.1f} | "
+                f"{auto['us']:.1f} | {auto['tflops']:.0f} | {100 * floor / auto['us']:.0f}% | "
+                f"{auto['variant']} | {best} | {d['tflops'] if d else 'n/a'} | "
+                f"{tflops(E * M, N, K, sm_us)} | {ratio(auto['us'], sm_us)} |")
+            print(lines[-1], flush=True)
+            if swept:
+                sweeps.append(f"- {layout} {E} × {M}, {op.removeprefix('moe_')}: " + ", ".join(
+                    f"{r['variant']} {r['tflops']:.0f}" for r in swept))
+    lines += ["", "| tokens | experts, top-k | µs | TFLOPS | variants |", "|---|---|---|---|---|"]
+    for r in records:
+        if r["op"] == "moe_experts":
+            lines.append(f"| {r['T']} | {r['E']}, {r['top_k']} | {r['us']:.1f} | "
+                         f"{r['tflops']:.0f} | {r['variant']} |")
+            print(lines[-1], flush=True)
+    if sweeps:
+        lines += ["", "Every variant, TFLOPS, best first:", ""] + sweeps
+    return lines
+
+
 def sweep_table(records, kernel):
     """Best tile per M bucket by the geometric mean of TFLOPS over the sweep shapes."""
     by_m = {}
@@ -316,7 +385,7 @@ def main():
     parser.add_argument("--out", type=Path, required=True, help="folder for logs and tables")
     parser.add_argument("--results", type=Path, help="markdown file to append the tables to")
     parser.add_argument("--sweep", action="store_true", help="also time every GEMM tile")
-    parser.add_argument("--only", choices=["mla"], help="time only these kernels")
+    parser.add_argument("--only", choices=["mla", "moe"], help="time only these kernels")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
@@ -334,15 +403,20 @@ def main():
                   for _, N, K in DEEPSEEK_SHAPES for M in BENCH_M]
         cases += [f"act_quant {M} {K}" for M in (16, 2048, 8192) for K in (7168, 2048)]
         cases += [f"rms_norm {M} 7168 {res}" for M in (16, 2048, 8192) for res in (0, 1)]
-    cases += mla_cases()
+    if args.only in (None, "mla"):
+        cases += mla_cases()
     # Each case above prints one record; a sweep case prints one per tile.
     n_single = len(cases)
     if args.sweep and args.only is None:
         cases += [f"{op} {M} {N} {K} all" for op in ("fp8_gemm", "bf16_gemm")
                   for N, K in SWEEP_SHAPES for M in SWEEP_M]
-    records = run_trident(args.bench_binary, cases)
+    records = run_trident(args.bench_binary, cases) if cases else []
     for r in records[n_single:]:
         r["sweep"] = True
+    # A run of their own: their records say themselves whether they are sweeps.
+    moe_records = []
+    if args.only in (None, "moe"):
+        moe_records = run_trident(args.bench_binary, moe_cases(args.sweep))
 
     report = [f"## Kernels on {gpu}, {date}, commit {commit_label()}", "",
               f"Ceilings measured in this run: device-to-device copy {ceil['copy_gbps']:.0f} GB/s "
@@ -359,12 +433,18 @@ def main():
         report += gemm_tables(records, ceil, peers) + [""]
         report += ["### Memory-bound kernels", ""]
         report += memory_tables(records, ceil, peers) + [""]
-    report += [f"### MLA decode, DeepSeek-V3 ({MLA_HEADS} heads, kv_lora 512, rope 64), the whole "
-               "op (absorb, attend, combine, absorb)", ""]
-    report += mla_table(records, ceil) + [""]
+    if args.only in (None, "mla"):
+        report += [f"### MLA decode, DeepSeek-V3 ({MLA_HEADS} heads, kv_lora 512, rope 64), the "
+                   "whole op (absorb, attend, combine, absorb)", ""]
+        report += mla_table(records, ceil) + [""]
+    if args.only in (None, "moe"):
+        report += [f"### Grouped FP8 expert GEMMs, DeepSeek-V3 experts (hidden {MOE_HIDDEN}, "
+                   f"intermediate {MOE_INTER}), and the whole moe_experts op", ""]
+        report += moe_tables(moe_records, ceil, peers) + [""]
     (args.out / "kernel_bench.json").write_text(
-        json.dumps({"gpu": gpu, "ceilings": ceil, "ours": records, "peers": peers}, indent=1))
-    if args.sweep:
+        json.dumps({"gpu": gpu, "ceilings": ceil, "ours": records + moe_records, "peers": peers},
+                   indent=1))
+    if args.sweep and args.only is None:
         tuned = {}
         for kernel in ("fp8_gemm", "bf16_gemm"):
             lines, tuned[kernel] = sweep_table([r for r in records if r.get("sweep")], kernel)

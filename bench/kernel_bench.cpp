@@ -10,6 +10,11 @@
 //     mla_decode B context heads [variant|auto] [splits]   (B sequences decoding one token each
 //                over `context` cached positions; DeepSeek-V3's latent: kv_lora 512, rope 64,
 //                nope 128, v 128)
+//     moe_gate_up E M H I [kernel/variant|auto|all]   (grouped FP8 expert GEMM over E experts
+//     moe_down    E M H I [kernel/variant|auto|all]    of M rows each: gate/up with SiLU-mul and
+//                the quantization fused, or down)
+//     moe_experts T E top_k H I                      (the whole FP8 op: route, permute, both
+//                GEMMs, combine; T tokens routed at random over E experts)
 //
 // Inputs are random (never zeros), rotated over enough copies to exceed the L2 cache, and each
 // case reports the median of per-launch CUDA-event times after warm-up.
@@ -17,6 +22,8 @@
 #include <cstdint>
 #include <cstdio>
 #include <iostream>
+#include <memory>
+#include <numeric>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -310,6 +317,122 @@ void bench_mla_decode(CudaBackend& backend, int64_t B, int64_t context, int head
   std::fflush(stdout);
 }
 
+
+// FP8 experts at DeepSeek's block scales: one random draw uploaded E times (distinct addresses,
+// so nothing is served from L2 that a real step would read from memory). The last set is kept
+// for the next case of the same shape.
+const ExpertWeights& bench_experts(CudaBackend& backend, int E, int64_t H, int64_t I) {
+  static std::unique_ptr<ExpertWeights> kept;
+  static int64_t kept_shape[3] = {0, 0, 0};
+  if (kept && kept_shape[0] == E && kept_shape[1] == H && kept_shape[2] == I) return *kept;
+  kept.reset();
+  kept = std::make_unique<ExpertWeights>();
+  const int64_t ib = (I + 127) / 128, hb = (H + 127) / 128;
+  const Tensor gate = random_host(DType::F8E4M3, {I, H}), down = random_host(DType::F8E4M3, {H, I});
+  const Tensor gate_s = random_host(DType::F32, {ib, hb}), down_s = random_host(DType::F32, {hb, ib});
+  for (int e = 0; e < E; ++e) {
+    kept->gate.push_back({backend.upload(gate), backend.upload(gate_s)});
+    kept->up.push_back({backend.upload(gate), backend.upload(gate_s)});
+    kept->down.push_back({backend.upload(down), backend.upload(down_s)});
+    kept->global_to_local.push_back(e);
+  }
+  kept_shape[0] = E;
+  kept_shape[1] = H;
+  kept_shape[2] = I;
+  return *kept;
+}
+
+// Variants of a grouped GEMM kernel and its warp-specialized twin, FP8, aligned K.
+std::vector<std::string> moe_variants(const std::string& kernel, int arch) {
+  std::vector<std::string> names;
+  for (const KernelVariant& v : compiled_kernel_variants()) {
+    const std::string k = v.kernel;
+    if (v.arch == arch && (k == kernel || k == kernel + "_ws") && v.tag("FP8") == 1 &&
+        (k != kernel || v.tag("EVEN_K") == 1))
+      names.push_back(k + "/" + v.name);
+  }
+  return names;
+}
+
+// E experts with M rows each: token t's slot j goes to expert (t * top_k + j) % E.
+void bench_moe_gemm(CudaBackend& backend, const std::string& op, int E, int64_t M, int64_t H,
+                    int64_t I, const std::string& variant_arg) {
+  const int top_k = std::min(8, E);
+  TRI_CHECK((int64_t(E) * M) % top_k == 0, "{}: E x M = {} x {} is not a multiple of top_k {}", op,
+            E, M, top_k);
+  const int64_t T = int64_t(E) * M / top_k, P = T * top_k;
+  Tensor ids_host = cpu_tensor(DType::I32, {T, top_k});
+  for (int64_t i = 0; i < P; ++i) ids_host.ptr<int32_t>()[i] = int32_t(i % E);
+  const OpContext ctx{backend.context(), backend.context().stream()};
+  const ExpertTables::Entry& entry =
+      backend.expert_tables().get(ctx, bench_experts(backend, E, H, I));
+  const MoeRoute route = moe_route(ctx, backend.upload(ids_host), entry);
+  const Tensor x = backend.upload(random_host(DType::BF16, {T, H}));
+  Tensor a = backend.alloc(DType::F8E4M3, {P, H}), a_s = backend.alloc(DType::F32, {P, (H + 127) / 128});
+  moe_permute(ctx, route, entry, x, a, a_s);
+  Tensor h = backend.alloc(DType::F8E4M3, {P, I}), h_s = backend.alloc(DType::F32, {P, (I + 127) / 128});
+  Tensor y = backend.alloc(DType::BF16, {P, H});
+  moe_gate_up(ctx, route, entry, a, a_s, h, h_s, "");
+  const bool gate_up = op == "moe_gate_up";
+  std::vector<std::string> variants;
+  if (variant_arg == "all")
+    variants = moe_variants(op, backend.context().arch());
+  else
+    variants.push_back(variant_arg == "auto" ? "" : variant_arg);
+  for (const std::string& variant : variants) {
+    std::string used;
+    Timing t{};
+    try {
+      t = time_launches(backend, 1, [&](int) {
+        used = gate_up ? moe_gate_up(ctx, route, entry, a, a_s, h, h_s, variant)
+                       : moe_down(ctx, route, entry, h, h_s, y, variant);
+      });
+    } catch (const Error& e) {  // one variant that cannot run this shape; the sweep goes on
+      std::fprintf(stderr, "%s %s: %s\n", op.c_str(), variant.c_str(), e.what());
+      continue;
+    }
+    const int64_t N = gate_up ? 2 * I : H, K = gate_up ? H : I;
+    const double flops = 2.0 * double(P) * double(N) * double(K);
+    const double bytes = double(E) * double(N * K) + double(P) * double(K + (gate_up ? I : 2 * H));
+    std::printf(
+        "{\"op\": \"%s\", \"E\": %d, \"M\": %ld, \"N\": %ld, \"K\": %ld, \"variant\": \"%s\", "
+        "\"sweep\": %s, \"us\": %.3f, \"us_min\": %.3f, \"tflops\": %.1f, \"gbps\": %.1f, "
+        "\"flops\": %.0f, \"bytes\": %.0f}\n",
+        op.c_str(), E, long(M), long(N), long(K), used.c_str(),
+        variant_arg == "all" ? "true" : "false", t.median_us, t.min_us,
+        flops / t.median_us * 1e-6, bytes / t.median_us * 1e-3, flops, bytes);
+    std::fflush(stdout);
+  }
+}
+
+void bench_moe_experts(CudaBackend& backend, int64_t T, int E, int top_k, int64_t H, int64_t I) {
+  const ExpertWeights& experts = bench_experts(backend, E, H, I);
+  Tensor ids_host = cpu_tensor(DType::I32, {T, top_k});
+  Tensor w_host = cpu_tensor(DType::F32, {T, top_k});
+  std::vector<int32_t> all(E);
+  std::iota(all.begin(), all.end(), 0);
+  for (int64_t t = 0; t < T; ++t) {
+    for (int j = 0; j < top_k; ++j) {
+      std::swap(all[j], all[j + int(next_random() % uint64_t(E - j))]);
+      ids_host.ptr<int32_t>()[t * top_k + j] = all[j];
+      w_host.ptr<float>()[t * top_k + j] = 1.0f / float(top_k);
+    }
+  }
+  const Tensor x = backend.upload(random_host(DType::BF16, {T, H}));
+  const Tensor ids = backend.upload(ids_host), w = backend.upload(w_host);
+  Tensor out = backend.alloc(DType::BF16, {T, H});
+  const Timing t = time_launches(
+      backend, 1, [&](int) { backend.moe_experts(x, ids, w, experts, out); });
+  const MoeChoice used = backend.last_moe();
+  const double flops = 2.0 * double(T * top_k) * 3.0 * double(H) * double(I);
+  std::printf(
+      "{\"op\": \"moe_experts\", \"T\": %ld, \"E\": %d, \"top_k\": %d, \"H\": %ld, \"I\": %ld, "
+      "\"variant\": \"%s + %s\", \"us\": %.3f, \"us_min\": %.3f, \"tflops\": %.1f}\n",
+      long(T), E, top_k, long(H), long(I), used.gate_up.c_str(), used.down.c_str(), t.median_us,
+      t.min_us, flops / t.median_us * 1e-6);
+  std::fflush(stdout);
+}
+
 }  // namespace
 
 int main() {
@@ -338,6 +461,18 @@ int main() {
         int residual = 0;
         in >> M >> N >> residual;
         bench_rms_norm(backend, M, N, residual != 0);
+      } else if (op == "moe_gate_up" || op == "moe_down") {
+        int E = 0;
+        int64_t M = 0, H = 0, I = 0;
+        std::string variant = "auto";
+        in >> E >> M >> H >> I;
+        in >> variant;
+        bench_moe_gemm(backend, op, E, M, H, I, variant);
+      } else if (op == "moe_experts") {
+        int64_t T = 0, H = 0, I = 0;
+        int E = 0, top_k = 0;
+        in >> T >> E >> top_k >> H >> I;
+        bench_moe_experts(backend, T, E, top_k, H, I);
       } else if (op == "mla_decode") {
         int64_t B = 0, context = 0;
         int heads = 0, splits = 0;
