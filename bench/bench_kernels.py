@@ -267,7 +267,7 @@ def mla_table(records, ceil):
 MOE_HIDDEN, MOE_INTER = 7168, 2048
 MOE_LAYOUTS = [("prefill", 32, 2048), ("prefill", 32, 1024), ("decode", 32, 32),
                ("decode", 32, 8), ("prefill", 256, 64), ("decode", 256, 4), ("decode", 256, 1)]
-MOE_TOKENS = [1, 32, 128, 2048]
+MOE_TOKENS = [1, 32, 128, 2048, 8192]
 MOE_OPS = {"moe_gate_up": (2 * MOE_INTER, MOE_HIDDEN), "moe_down": (MOE_HIDDEN, MOE_INTER)}
 
 
@@ -281,6 +281,8 @@ def moe_cases(sweep):
             if sweep:
                 cases.append(f"{op} {E} {M} {MOE_HIDDEN} {MOE_INTER} all")
     cases += [f"moe_experts {T} 256 8 {MOE_HIDDEN} {MOE_INTER}" for T in MOE_TOKENS]
+    # Even routing beside random: how much uneven expert loads cost.
+    cases += [f"moe_experts {T} 256 8 {MOE_HIDDEN} {MOE_INTER} uniform" for T in MOE_TOKENS[-2:]]
     return cases
 
 
@@ -315,11 +317,12 @@ def moe_tables(records, ceil, peers):
             if swept:
                 sweeps.append(f"- {layout} {E} × {M}, {op.removeprefix('moe_')}: " + ", ".join(
                     f"{r['variant']} {r['tflops']:.0f}" for r in swept))
-    lines += ["", "| tokens | experts, top-k | µs | TFLOPS | variants |", "|---|---|---|---|---|"]
+    lines += ["", "| tokens | experts, top-k | routing | µs | TFLOPS | variants |",
+              "|---|---|---|---|---|---|"]
     for r in records:
         if r["op"] == "moe_experts":
-            lines.append(f"| {r['T']} | {r['E']}, {r['top_k']} | {r['us']:.1f} | "
-                         f"{r['tflops']:.0f} | {r['variant']} |")
+            lines.append(f"| {r['T']} | {r['E']}, {r['top_k']} | {r['routing']} | "
+                         f"{r['us']:.1f} | {r['tflops']:.0f} | {r['variant']} |")
             print(lines[-1], flush=True)
     if sweeps:
         lines += ["", "Every variant, TFLOPS, best first:", ""] + sweeps

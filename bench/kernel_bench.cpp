@@ -13,8 +13,9 @@
 //     moe_gate_up E M H I [kernel/variant|auto|all]   (grouped FP8 expert GEMM over E experts
 //     moe_down    E M H I [kernel/variant|auto|all]    of M rows each: gate/up with SiLU-mul and
 //                the quantization fused, or down)
-//     moe_experts T E top_k H I                      (the whole FP8 op: route, permute, both
-//                GEMMs, combine; T tokens routed at random over E experts)
+//     moe_experts T E top_k H I [random|uniform] [gate_up|auto] [down|auto]   (the whole FP8
+//                op: route, permute, both GEMMs, combine; T tokens routed over E experts at
+//                random, or evenly: slot j of token t to expert (t * top_k + j) % E)
 //
 // Inputs are random (never zeros), rotated over enough copies to exceed the L2 cache, and each
 // case reports the median of per-launch CUDA-event times after warm-up.
@@ -405,7 +406,8 @@ void bench_moe_gemm(CudaBackend& backend, const std::string& op, int E, int64_t 
   }
 }
 
-void bench_moe_experts(CudaBackend& backend, int64_t T, int E, int top_k, int64_t H, int64_t I) {
+void bench_moe_experts(CudaBackend& backend, int64_t T, int E, int top_k, int64_t H, int64_t I,
+                       const std::string& routing, const MoeChoice& forced) {
   const ExpertWeights& experts = bench_experts(backend, E, H, I);
   Tensor ids_host = cpu_tensor(DType::I32, {T, top_k});
   Tensor w_host = cpu_tensor(DType::F32, {T, top_k});
@@ -414,22 +416,28 @@ void bench_moe_experts(CudaBackend& backend, int64_t T, int E, int top_k, int64_
   for (int64_t t = 0; t < T; ++t) {
     for (int j = 0; j < top_k; ++j) {
       std::swap(all[j], all[j + int(next_random() % uint64_t(E - j))]);
-      ids_host.ptr<int32_t>()[t * top_k + j] = all[j];
+      ids_host.ptr<int32_t>()[t * top_k + j] =
+          routing == "uniform" ? int32_t((t * top_k + j) % E) : all[j];
       w_host.ptr<float>()[t * top_k + j] = 1.0f / float(top_k);
     }
   }
+  backend.set_moe_override(forced.gate_up.empty() && forced.down.empty()
+                               ? std::nullopt
+                               : std::optional<MoeChoice>(forced));
   const Tensor x = backend.upload(random_host(DType::BF16, {T, H}));
   const Tensor ids = backend.upload(ids_host), w = backend.upload(w_host);
   Tensor out = backend.alloc(DType::BF16, {T, H});
   const Timing t = time_launches(
       backend, 1, [&](int) { backend.moe_experts(x, ids, w, experts, out); });
   const MoeChoice used = backend.last_moe();
+  backend.set_moe_override(std::nullopt);
   const double flops = 2.0 * double(T * top_k) * 3.0 * double(H) * double(I);
   std::printf(
       "{\"op\": \"moe_experts\", \"T\": %ld, \"E\": %d, \"top_k\": %d, \"H\": %ld, \"I\": %ld, "
-      "\"variant\": \"%s + %s\", \"us\": %.3f, \"us_min\": %.3f, \"tflops\": %.1f}\n",
-      long(T), E, top_k, long(H), long(I), used.gate_up.c_str(), used.down.c_str(), t.median_us,
-      t.min_us, flops / t.median_us * 1e-6);
+      "\"routing\": \"%s\", \"variant\": \"%s + %s\", \"us\": %.3f, \"us_min\": %.3f, "
+      "\"tflops\": %.1f}\n",
+      long(T), E, top_k, long(H), long(I), routing.c_str(), used.gate_up.c_str(),
+      used.down.c_str(), t.median_us, t.min_us, flops / t.median_us * 1e-6);
   std::fflush(stdout);
 }
 
@@ -471,8 +479,11 @@ int main() {
       } else if (op == "moe_experts") {
         int64_t T = 0, H = 0, I = 0;
         int E = 0, top_k = 0;
+        std::string routing = "random", gate_up = "auto", down = "auto";
         in >> T >> E >> top_k >> H >> I;
-        bench_moe_experts(backend, T, E, top_k, H, I);
+        in >> routing >> gate_up >> down;
+        bench_moe_experts(backend, T, E, top_k, H, I, routing,
+                          {gate_up == "auto" ? "" : gate_up, down == "auto" ? "" : down});
       } else if (op == "mla_decode") {
         int64_t B = 0, context = 0;
         int heads = 0, splits = 0;

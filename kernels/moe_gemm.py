@@ -314,10 +314,12 @@ def moe_down_ws(a_ptr, a_scale_ptr, offsets_ptr, tiles_ptr, weights_ptr, y_ptr, 
 # a program makes (the product is twice as wide); FP8 keeps it at the 128-column quantization
 # group. Its 2*128-wide product holds two f32 tiles per program (the 128-deep product and the
 # sum), so 64 rows take two warpgroups (64 + 64 registers a thread each) and wider row blocks
-# spill. SWAP_AB tiles serve a few rows per expert (decode), the others many (prefill).
+# spill. SWAP_AB tiles serve a few rows per expert (decode), the others many (prefill); the
+# 32-row one with three stages (108 KB) fits two programs per multiprocessor.
 GATE_UP_FP8_TILES = [
     (16, 128, 1, 4, 4),
     (32, 128, 1, 4, 4),
+    (32, 128, 1, 4, 3),
     (64, 128, 1, 8, 3),
     (64, 128, 0, 8, 3),
     (64, 128, 0, 8, 4),

@@ -254,11 +254,15 @@ Tensor pick_rows(const Tensor& t, const std::vector<int64_t>& rows) {
   return out;
 }
 
-// FP8: the GPU quantizes the same f32 values the CPU does (gate, up and h in f32), so the two
-// differ by the sums' order (a rare e4m3 code of h rounding the other way) and by bf16: y rows
-// stored in bf16 before the weighted sum, and the output (seen in the interpreter: 1e-3 to
-// 2e-3). BF16 weights add h in bf16.
-constexpr double kMoeTolerance = 6e-3;
+// Against the CPU's f32 reference, the GPU stores each routed row's y in bf16 before the weighted
+// sum and rounds the output to bf16; FP8 adds the tensor cores' reduced-precision accumulation
+// inside each 128-deep product, in both GEMMs, and e4m3 codes of h that round the other way
+// where gate or up differ in their last bits. Seen on an H200: FP8 2.5e-3 to 5.9e-3 (the
+// interpreter, with exact products: 2.4e-3), BF16 2.5e-3 to 2.9e-3. An expert's weights used for
+// another, or a slot dropped, is an error of order one.
+double moe_tolerance(const ExpertWeights& experts) {
+  return !experts.gate.empty() && experts.gate[0].fp8() ? 1e-2 : 5e-3;
+}
 // References on at most this many tokens (each token's output depends on its own row only):
 // the CPU takes seconds per token at DeepSeek-V3's shapes.
 constexpr int64_t kMaxReferenceTokens = 16;
@@ -284,7 +288,7 @@ void expect_experts_match(const TestExperts& ex, const Tensor& x, const Routing&
                     ex.host, want);
   const Diff d = compare(pick_rows(got_all, rows), want);
   EXPECT_EQ(d.nan, 0) << what << ": " << describe(d);
-  EXPECT_LT(d.rel_l2, kMoeTolerance) << what << ": " << describe(d);
+  EXPECT_LT(d.rel_l2, moe_tolerance(ex.host)) << what << ": " << describe(d);
   // Tokens not compared must still be written.
   int64_t nan = 0;
   for (int64_t i = 0; i < got_all.numel(); ++i) nan += std::isnan(load_f32(got_all, i));

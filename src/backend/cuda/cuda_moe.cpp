@@ -91,25 +91,39 @@ int64_t rows_per_expert(const MoeRoute& route, const ExpertTables::Entry& e) {
   return ceil_div(route.pairs, std::max<int64_t>(1, e.global_to_local.numel()));
 }
 
-// Default tiles by rows per expert: (most rows, variant); the last is for any number.
+// Default tiles by rows per expert: (most rows, kernel, variant); the last is for any number.
+// From the sweep on an H200 (bench/RESULTS.md): transposed tiles while the weights' bytes bound
+// the time (up to ~64 rows), then 64-row tiles; for down, the warp-specialized kernel from a few
+// hundred rows (735 against 602 TFLOPS at 2048 rows), where the arch has it.
 struct TileStep {
   int64_t max_rows;
+  const char* kernel;
   const char* variant;
 };
-constexpr TileStep kGateUpFp8[] = {
-    {16, "fp8_m16n128_swap_w4s4"}, {32, "fp8_m32n128_swap_w4s4"}, {-1, "fp8_m64n128_w8s3"}};
-constexpr TileStep kGateUpBf16[] = {{16, "bf16_m16n64_swap_w4s5"},
-                                    {32, "bf16_m32n64_swap_w4s4"},
-                                    {64, "bf16_m64n64_w4s4"},
-                                    {-1, "bf16_m128n64_w8s4"}};
-constexpr TileStep kDownFp8[] = {{16, "fp8_m16n64_swap_w4s6"},
-                                 {32, "fp8_m32n64_swap_w4s6"},
-                                 {64, "fp8_m64n64_w4s4"},
-                                 {-1, "fp8_m64n128_w4s3"}};
-constexpr TileStep kDownBf16[] = {{16, "bf16_m16n64_swap_w4s6"},
-                                  {32, "bf16_m32n64_swap_w4s6"},
-                                  {64, "bf16_m64n128_w4s4"},
-                                  {-1, "bf16_m128n128_w8s4"}};
+constexpr TileStep kGateUpFp8[] = {{16, "moe_gate_up", "fp8_m16n128_swap_w4s4"},
+                                   {32, "moe_gate_up", "fp8_m32n128_swap_w4s4"},
+                                   {-1, "moe_gate_up", "fp8_m64n128_w8s3"}};
+constexpr TileStep kGateUpBf16[] = {{16, "moe_gate_up", "bf16_m16n64_swap_w4s5"},
+                                    {32, "moe_gate_up", "bf16_m32n64_swap_w4s4"},
+                                    {64, "moe_gate_up", "bf16_m64n64_w4s4"},
+                                    {-1, "moe_gate_up", "bf16_m128n64_w8s4"}};
+constexpr TileStep kDownFp8[] = {{16, "moe_down", "fp8_m16n64_swap_w4s6"},
+                                 {32, "moe_down", "fp8_m32n64_swap_w4s6"},
+                                 {128, "moe_down", "fp8_m64n128_swap_w4s4"},
+                                 {-1, "moe_down_ws", "fp8_m128n128_w4s4"}};
+constexpr TileStep kDownBf16[] = {{16, "moe_down", "bf16_m16n64_swap_w4s6"},
+                                  {32, "moe_down", "bf16_m32n64_swap_w4s6"},
+                                  {64, "moe_down", "bf16_m64n128_w4s4"},
+                                  {-1, "moe_down", "bf16_m128n128_w8s4"}};
+// Where the arch has no warp-specialized kernel (compiled for sm_90 only; only down's defaults
+// take one).
+constexpr TileStep kDownFp8Fallback{-1, "moe_down", "fp8_m64n128_w4s3"};
+
+bool has_variant(int arch, std::string_view kernel, std::string_view name) {
+  for (const KernelVariant& v : compiled_kernel_variants())
+    if (v.arch == arch && kernel == v.kernel && name == v.name) return true;
+  return false;
+}
 
 struct GemmVariant {
   const KernelVariant* variant;
@@ -124,16 +138,18 @@ GemmVariant grouped_variant(const OpContext& ctx, std::string_view kernel, const
   const int arch = ctx.device.arch();
   const int64_t block_k = fp8 ? kBlock : 64;
   if (forced.empty()) {
-    const char* name = any_k;
+    TileStep pick{-1, kernel.data(), any_k};
     if (K % block_k == 0) {
       for (const TileStep& s : steps) {
         if (s.max_rows < 0 || rows <= s.max_rows) {
-          name = s.variant;
+          pick = s;
           break;
         }
       }
     }
-    return {&find_variant(kernel, arch, name), false};
+    const bool ws = pick.kernel != kernel;
+    if (ws && !has_variant(arch, pick.kernel, pick.variant)) pick = kDownFp8Fallback;
+    return {&find_variant(pick.kernel, arch, pick.variant), pick.kernel != kernel};
   }
   const size_t slash = forced.find('/');
   const std::string forced_kernel = forced.substr(0, slash);
