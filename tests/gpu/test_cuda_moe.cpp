@@ -255,20 +255,24 @@ Tensor pick_rows(const Tensor& t, const std::vector<int64_t>& rows) {
 }
 
 // Against the CPU's f32 reference, the GPU stores each routed row's y in bf16 before the weighted
-// sum and rounds the output to bf16; FP8 adds the tensor cores' reduced-precision accumulation
-// inside each 128-deep product, in both GEMMs, and e4m3 codes of h that round the other way
-// where gate or up differ in their last bits. Seen on an H200: FP8 2.5e-3 to 5.9e-3 (the
-// interpreter, with exact products: 2.4e-3), BF16 2.5e-3 to 2.9e-3. An expert's weights used for
-// another, or a slot dropped, is an error of order one.
+// sum and rounds the output to bf16 (BF16 experts: h too; seen on an H200: 2.5e-3 to 3.0e-3).
+// FP8 adds the tensor cores' reduced-precision accumulation inside each 128-deep product, in
+// both GEMMs: where gate or up differ in their last bits, an e4m3 code of h rounds the other way
+// and moves its element by a whole e4m3 step (6 to 12%). A few such steps dominate the error, so
+// it scatters with the sample: 2.3e-3 to 8.7e-3 over two runs on an H200 (the interpreter, with
+// exact products: 2.4e-3). An expert's weights used for another's, a slot dropped or a wrong
+// scale is an error of order 0.1 to 1.
 double moe_tolerance(const ExpertWeights& experts) {
-  return !experts.gate.empty() && experts.gate[0].fp8() ? 1e-2 : 5e-3;
+  return !experts.gate.empty() && experts.gate[0].fp8() ? 2e-2 : 5e-3;
 }
-// References on at most this many tokens (each token's output depends on its own row only):
-// the CPU takes seconds per token at DeepSeek-V3's shapes.
+// References on every token where the CPU takes under a second or so, else on this many (each
+// token's output depends on its own row only): the CPU takes seconds per token at DeepSeek-V3's
+// shapes.
+constexpr int64_t kReferenceMacs = int64_t(1) << 28;
 constexpr int64_t kMaxReferenceTokens = 16;
 
-// Runs moe_experts on both backends and compares up to kMaxReferenceTokens tokens, chosen at
-// random (always including the first and last).
+// Runs moe_experts on both backends and compares every token, or kMaxReferenceTokens of them
+// chosen at random (always the first and last) where the reference would take long.
 void expect_experts_match(const TestExperts& ex, const Tensor& x, const Routing& r,
                           const std::string& what) {
   const int64_t T = x.dim(0), H = x.row_size();
@@ -278,7 +282,8 @@ void expect_experts_match(const TestExperts& ex, const Tensor& x, const Routing&
 
   std::vector<int64_t> rows(static_cast<size_t>(T));
   std::iota(rows.begin(), rows.end(), 0);
-  if (T > kMaxReferenceTokens) {
+  const int64_t macs = T * H * ex.host.gate[0].out_features() * r.ids.row_size();
+  if (macs > kReferenceMacs && T > kMaxReferenceTokens) {
     std::shuffle(rows.begin() + 1, rows.end() - 1, rng());
     rows.resize(kMaxReferenceTokens - 1);
     rows.push_back(T - 1);

@@ -101,7 +101,7 @@ struct TileStep {
   const char* variant;
 };
 constexpr TileStep kGateUpFp8[] = {{16, "moe_gate_up", "fp8_m16n128_swap_w4s4"},
-                                   {32, "moe_gate_up", "fp8_m32n128_swap_w4s4"},
+                                   {32, "moe_gate_up", "fp8_m32n128_swap_w4s3"},
                                    {-1, "moe_gate_up", "fp8_m64n128_w8s3"}};
 constexpr TileStep kGateUpBf16[] = {{16, "moe_gate_up", "bf16_m16n64_swap_w4s5"},
                                     {32, "moe_gate_up", "bf16_m32n64_swap_w4s4"},
