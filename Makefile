@@ -51,12 +51,15 @@ gpu-build:
 	  $(CMAKE_FLAGS) 2>&1 | tee $(OUT)/configure.log
 	cmake --build $(GPU_BUILD) -j $(JOBS) --target trident trident_gpu_tests trident_kernel_bench 2>&1 | tee $(OUT)/build.log
 
+# The model runs even when a test fails, so one call shows both; the target fails if either does.
 test-gpu: gpu-build
-	TRIDENT_CUDA_SYNC=1 $(GPU_BUILD)/trident_gpu_tests --gtest_output=xml:$(OUT)/gpu_tests.xml 2>&1 | tee $(OUT)/gpu_tests.log
+	status=0; \
+	TRIDENT_CUDA_SYNC=1 $(GPU_BUILD)/trident_gpu_tests --gtest_output=xml:$(OUT)/gpu_tests.xml 2>&1 | tee $(OUT)/gpu_tests.log || status=1; \
 	{ for m in $(GPU_MODEL) $(GPU_MODEL)-fp8; do \
 	    $(GPU_BUILD)/trident generate --device cuda --model $$m --prompt "It is a truth universally acknowledged" -n 48 --stats && \
 	    $(GPU_BUILD)/trident eval --device cuda --model $$m --text $(HELD_OUT) || exit 1; \
-	  done; } 2>&1 | tee $(OUT)/model.log
+	  done; } 2>&1 | tee $(OUT)/model.log || status=1; \
+	exit $$status
 
 bench-kernels: gpu-build
 	python3 bench/bench_kernels.py --bench-binary $(GPU_BUILD)/trident_kernel_bench --out $(OUT) --results bench/RESULTS.md $(BENCH_FLAGS) 2>&1 | tee $(OUT)/bench.log
