@@ -1,6 +1,7 @@
 #include "cli/launcher.h"
 
 #include <omp.h>
+#include <signal.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
@@ -67,6 +68,11 @@ std::vector<std::string> own_command_line() {
   for (std::string& a : cmd) argv.push_back(a.data());
   argv.push_back(nullptr);
   std::fflush(nullptr);
+  // A blocked signal stays blocked across exec: mpirun must see the stop signals a user sends,
+  // whatever this process had blocked (serve blocks them for its own handler).
+  sigset_t none;
+  sigemptyset(&none);
+  sigprocmask(SIG_SETMASK, &none, nullptr);
   execvp(argv[0], argv.data());
   fail(
       "--ep {} starts its ranks with `{}`, which could not be run ({}); install OpenMPI "
