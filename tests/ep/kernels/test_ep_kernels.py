@@ -14,7 +14,8 @@ ON_GPU = os.environ.get("EP_KERNELS_DEVICE") == "cuda"
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 if not ON_GPU:
-    import interpreter_fixes  # noqa: F401  (sets TRITON_INTERPRET=1; before triton)
+    sys.path.insert(0, str(ROOT / "kernels" / "tests"))
+    import interpreter  # noqa: F401  (sets TRITON_INTERPRET=1; before triton)
 sys.path.insert(0, str(ROOT / "kernels"))
 
 import pytest  # noqa: E402
