@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <vector>
@@ -105,6 +106,14 @@ struct DeviceMemory {
   int64_t peak_in_use = 0;  // most bytes held at once since reset_memory_peak()
 };
 
+// Ops recorded once and replayed as one launch, on the tensors they were recorded with (a CUDA
+// graph). Whoever replays writes the inputs into those tensors first and reads the outputs after.
+class Graph {
+ public:
+  virtual ~Graph() = default;
+  virtual void replay() = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -117,10 +126,22 @@ class Backend {
   virtual Tensor alloc(DType dtype, std::initializer_list<int64_t> shape) = 0;
   virtual Tensor upload(const Tensor& host) = 0;
   virtual void to_host(const Tensor& src, void* dst) = 0;
+  // Copies dst.nbytes() bytes from host memory into an existing tensor, in order with the ops.
+  virtual void from_host(const void* src, Tensor& dst) = 0;
   virtual void synchronize() = 0;
   // The device memory plan's figures, or nullopt where the backend plans none (CPU).
   virtual std::optional<DeviceMemory> device_memory() { return std::nullopt; }
   virtual void reset_memory_peak() {}
+
+  // Graphs, where the backend has them (CUDA). `reserve_graph_workspace` sets aside the memory
+  // every tensor allocated during a capture comes from (ops of a graph must find their
+  // workspace at the same addresses on every replay); `capture_graph` records what `ops`
+  // issues, without running it. Tensors made during the capture stay valid, as the graph's
+  // inputs and outputs, while the caller holds them. Where supports_graphs() is false, both
+  // throw.
+  virtual bool supports_graphs() const { return false; }
+  virtual void reserve_graph_workspace(int64_t bytes) = 0;
+  virtual std::unique_ptr<Graph> capture_graph(const std::function<void()>& ops) = 0;
 
   // out[t] = table[ids[t]]
   virtual void embedding(const Tensor& ids, const Tensor& table, Tensor& out) = 0;

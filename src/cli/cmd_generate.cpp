@@ -29,6 +29,7 @@ struct GenerateArgs {
   uint64_t seed = 0;
   int max_context = 0;
   double gpu_memory_fraction = 0.9;
+  bool disable_cuda_graphs = false;
   bool ignore_eos = false;
   bool stats = false;
   ParallelArgs parallel;
@@ -77,6 +78,7 @@ void run_generate(const GenerateArgs& a) {
   eo.device = a.device;
   eo.max_context = a.max_context;
   eo.gpu_memory_fraction = a.gpu_memory_fraction;
+  eo.decode_graph_max_batch = a.disable_cuda_graphs ? 0 : 1;
   eo.show_progress = true;
   if (!ranks) {
     generate_text(a, eo);
@@ -127,6 +129,8 @@ void register_generate(CLI::App& app) {
   cmd->add_option("--gpu-memory-fraction", args->gpu_memory_fraction,
                   "Fraction of the GPU's memory to reserve at start (weights, KV cache, workspace)")
       ->check(CLI::Range(0.01, 1.0));
+  cmd->add_flag("--disable-cuda-graphs", args->disable_cuda_graphs,
+                "Run decode steps op by op instead of as CUDA graphs (cuda)");
   cmd->add_flag("--ignore-eos", args->ignore_eos, "Keep generating past the end-of-sequence token");
   cmd->add_flag("--stats", args->stats, "Print token counts and speed to stderr");
   add_parallel_options(*cmd, args->parallel);

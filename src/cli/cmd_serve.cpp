@@ -42,6 +42,8 @@ struct ServeArgs {
   int kv_pages = 0;
   double gpu_memory_fraction = 0.9;
   int max_running = 64;
+  int cuda_graph_max_batch = -1;  // -1: max_running
+  bool disable_cuda_graphs = false;
   int step_tokens = 512;
   int max_requests = 256;
   double max_queue_s = 600;
@@ -103,6 +105,9 @@ void serve(const ServeArgs& a, const sigset_t& stop_signals, RankGroup* ranks) {
   eo.max_context = a.max_context;
   eo.gpu_memory_fraction = a.gpu_memory_fraction;
   eo.max_step_tokens = a.step_tokens;
+  eo.decode_graph_max_batch = a.disable_cuda_graphs          ? 0
+                              : a.cuda_graph_max_batch < 0 ? a.max_running
+                                                           : a.cuda_graph_max_batch;
   eo.show_progress = true;
   // The pool holds every request's pages. On one GPU the memory plan gives it what the weights
   // and a step's workspace leave; elsewhere it has 256 pages (16k tokens), or one full context if
@@ -212,6 +217,12 @@ void register_serve(CLI::App& app) {
   cmd->add_option("--gpu-memory-fraction", args->gpu_memory_fraction,
                   "Fraction of the GPU's memory to reserve at start (weights, KV cache, workspace)")
       ->check(CLI::Range(0.01, 1.0));
+  cmd->add_option("--cuda-graph-max-batch", args->cuda_graph_max_batch,
+                  "Decode batches up to this size run as CUDA graphs, one per batch bucket "
+                  "(cuda; default --max-running)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_flag("--disable-cuda-graphs", args->disable_cuda_graphs,
+                "Run decode steps op by op instead of as CUDA graphs (cuda)");
   cmd->add_option("--max-running", args->max_running, "Requests in one batch at most")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--step-tokens", args->step_tokens,

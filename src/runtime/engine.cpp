@@ -73,17 +73,36 @@ Engine::Engine(const EngineOptions& options)
   model_ = std::make_unique<DeepseekV3>(std::move(config), std::move(weights), *backend_);
   model_->set_routed_experts_hook(ep_.get());
   if (ep_) ep_->wait_for_ranks_loaded();
+  const int graph_batch = options.decode_graph_max_batch;
+  TRI_CHECK(graph_batch >= 0, "decode_graph_max_batch must be 0 or more, got {}", graph_batch);
+  bool graphs = graph_batch > 0 && backend_->supports_graphs();
+  if (graphs && ep_) {
+    spdlog::info("decode graphs are off: expert-parallel steps exchange tokens through the host");
+    graphs = false;
+  }
+  // The graphs' workspace is set aside first, as weights are: the KV pool gets what is left.
+  int64_t graph_workspace = 0;
+  if (graphs) {
+    graph_workspace = measure_decode_graph_workspace(*model_, graph_batch, max_context_);
+    backend_->reserve_graph_workspace(graph_workspace);
+  }
   int pages = options.kv_pages;
   // The trial step of the memory plan runs the MoE layers, which across ranks would be a
   // collective only this rank joins: ranks size their pools from the options instead.
   if (pages == 0 && backend_->device_memory() && !ep_)
-    pages = plan_kv_pages(options.max_step_tokens > 0 ? options.max_step_tokens : max_context_);
+    pages = plan_kv_pages(options.max_step_tokens > 0 ? options.max_step_tokens : max_context_,
+                          graph_workspace);
   if (pages == 0) pages = pages_for_tokens(max_context_, AttentionMeta::kPageSize);
-  cache_ = make_kv_cache(*backend_, model_->config(), pages);
+  // With graphs, one page more than the pool hands out: padding rows of a graph's batch write
+  // their latents there.
+  cache_ = make_kv_cache(*backend_, model_->config(), pages + (graphs ? 1 : 0));
   pool_ = std::make_unique<KvPagePool>(pages);
+  if (graphs)
+    graphs_ = std::make_unique<DecodeGraphs>(
+        *model_, cache_, DecodeGraphOptions{graph_batch, max_context_, pages});
 }
 
-int Engine::plan_kv_pages(int step_tokens) {
+int Engine::plan_kv_pages(int step_tokens, int64_t graph_workspace) {
   const ModelConfig& c = model_->config();
   step_tokens = std::min(step_tokens, max_context_);
   DeviceMemory before = *backend_->device_memory();
@@ -106,7 +125,9 @@ int Engine::plan_kv_pages(int step_tokens) {
   // batch shapes, allocator rounding).
   const int64_t workspace = after.peak_in_use - before.in_use;
   const int64_t margin = after.reserved / 20;
-  const int64_t left = after.reserved - after.in_use - workspace - margin;
+  // One page is the graphs' scratch page.
+  const int64_t left =
+      after.reserved - after.in_use - workspace - margin - (graph_workspace > 0 ? page_bytes : 0);
   TRI_CHECK(left >= page_bytes * pages_for_tokens(max_context_, AttentionMeta::kPageSize),
             "GPU memory plan: {:.2f} GB reserved, {:.2f} GB of weights, {:.2f} GB of workspace for "
             "a {}-token step leave {:.2f} GB, less than one {}-token sequence's KV cache; raise "
@@ -115,16 +136,18 @@ int Engine::plan_kv_pages(int step_tokens) {
             std::max<int64_t>(left, 0) / 1e9, max_context_);
   MemoryPlan plan;
   plan.reserved = after.reserved;
-  plan.weights = after.in_use;
+  plan.weights = after.in_use - graph_workspace;
+  plan.graph_workspace = graph_workspace;
   plan.step_workspace = workspace;
   plan.kv_pages = int(std::min<int64_t>(left / page_bytes, 1 << 30));
   plan.kv = int64_t(plan.kv_pages) * page_bytes;
   spdlog::info(
-      "GPU memory plan: {:.2f} GB reserved = {:.2f} GB weights + {:.2f} GB workspace ({}-token "
-      "steps) + {:.2f} GB KV cache ({} pages, {} tokens) + {:.2f} GB margin",
-      plan.reserved / 1e9, plan.weights / 1e9, workspace / 1e9, step_tokens, plan.kv / 1e9,
-      plan.kv_pages, int64_t(plan.kv_pages) * AttentionMeta::kPageSize,
-      (plan.reserved - plan.weights - workspace - plan.kv) / 1e9);
+      "GPU memory plan: {:.2f} GB reserved = {:.2f} GB weights + {:.2f} GB decode graph "
+      "workspace + {:.2f} GB workspace ({}-token steps) + {:.2f} GB KV cache ({} pages, {} "
+      "tokens) + {:.2f} GB margin",
+      plan.reserved / 1e9, plan.weights / 1e9, graph_workspace / 1e9, workspace / 1e9,
+      step_tokens, plan.kv / 1e9, plan.kv_pages, int64_t(plan.kv_pages) * AttentionMeta::kPageSize,
+      (plan.reserved - plan.weights - graph_workspace - workspace - plan.kv) / 1e9);
   memory_plan_ = plan;
   return plan.kv_pages;
 }
@@ -163,8 +186,7 @@ GenerateResult Engine::generate(const std::vector<int32_t>& prompt, const Genera
     TRI_CHECK(pool_->allocate(need, pages), "KV cache full: {} pages needed, {} free", need,
               pool_->free_pages());
     StepChunk chunk{&tokens, cached, int(tokens.size()) - cached, &pages, true};
-    StepInput in = upload_step(*backend_, build_step({chunk}));
-    Tensor out = model_->forward(in, cache_);
+    Tensor out = forward(build_step({chunk}));
     backend_->to_host(out, logits.data());
     cached = int(tokens.size());
 
@@ -178,6 +200,14 @@ GenerateResult Engine::generate(const std::vector<int32_t>& prompt, const Genera
     }
   }
   return result;
+}
+
+Tensor Engine::forward(const StepInput& host_step) {
+  if (graphs_) {
+    Tensor logits = graphs_->run(host_step);
+    if (logits.defined()) return logits;
+  }
+  return model_->forward(upload_step(*backend_, host_step), cache_);
 }
 
 void Engine::follow_other_ranks() {

@@ -14,6 +14,7 @@
 #include "model/checkpoint.h"
 #include "model/deepseek_v3.h"
 #include "parallel/expert_parallel.h"
+#include "runtime/decode_graphs.h"
 #include "runtime/sampler.h"
 
 namespace trident {
@@ -32,6 +33,9 @@ struct EngineOptions {
   // The most tokens one step will carry (the scheduler's budget); sizes the workspace that the
   // memory plan sets aside. 0: max_context.
   int max_step_tokens = 0;
+  // Decode steps of up to this many sequences run as graphs, one per batch bucket, on backends
+  // that have them (CUDA; not yet with expert parallelism). 0: every step runs op by op.
+  int decode_graph_max_batch = 0;
   bool show_progress = false;
   // Expert parallelism: this run's ranks (null: this process holds every expert). Each rank loads
   // only its experts; every rank must then call generate or follow_other_ranks.
@@ -42,7 +46,9 @@ struct EngineOptions {
 
 // What the memory plan decided (cuda): logged at start and exported by the server.
 struct MemoryPlan {
-  int64_t reserved = 0, weights = 0, step_workspace = 0, kv = 0;
+  // graph_workspace: what decode graphs' steps run in, set aside once (counted in weights' place:
+  // held for the whole run).
+  int64_t reserved = 0, weights = 0, graph_workspace = 0, step_workspace = 0, kv = 0;
   int kv_pages = 0;
 };
 
@@ -69,6 +75,13 @@ class Engine {
   KvCache& cache() { return cache_; }
   // Null where the backend plans no device memory (CPU).
   const std::optional<MemoryPlan>& memory_plan() const { return memory_plan_; }
+  // Null when decode steps run op by op.
+  const DecodeGraphs* decode_graphs() const { return graphs_.get(); }
+
+  // Runs one step (host tensors, as build_step makes them): a decode step through its graph
+  // where one takes it, any other op by op. Returns logits [L, vocab] f32 in backend memory,
+  // valid until the next step.
+  Tensor forward(const StepInput& host_step);
 
   // Runs one request to the end. on_token sees each new token and may return false to stop.
   GenerateResult generate(const std::vector<int32_t>& prompt, const GenerateOptions& options,
@@ -85,7 +98,7 @@ class Engine {
   bool begin_ranked_step(int tokens, bool has_work);
   // KV pages that fit in the device's reservation after a trial step of `step_tokens` tokens
   // measured the workspace a step needs.
-  int plan_kv_pages(int step_tokens);
+  int plan_kv_pages(int step_tokens, int64_t graph_workspace);
 
   std::unique_ptr<Backend> backend_;
   Checkpoint checkpoint_;
@@ -93,6 +106,7 @@ class Engine {
   std::unique_ptr<DeepseekV3> model_;
   KvCache cache_;
   std::unique_ptr<KvPagePool> pool_;
+  std::unique_ptr<DecodeGraphs> graphs_;
   int max_context_ = 0;
   std::optional<MemoryPlan> memory_plan_;
 };

@@ -12,8 +12,7 @@
 namespace trident {
 
 const float* EngineStepModel::forward(const StepInput& step) {
-  StepInput in = upload_step(engine_.backend(), step);
-  Tensor out = engine_.model().forward(in, engine_.cache());
+  Tensor out = engine_.forward(step);
   logits_.resize(out.numel());
   engine_.backend().to_host(out, logits_.data());
   return logits_.data();

@@ -197,19 +197,22 @@ INSTANTIATE_TEST_SUITE_P(Models, ShippedModelOnGpu,
                          });
 
 // The memory plan: the reservation is taken once at start, the KV pool is sized from what the
-// weights and a trial step leave, and serving steps take nothing more from the device.
+// weights, the decode graphs' workspace and a trial step leave, and steps, graphed or not, take
+// nothing more from the device.
 TEST(CudaMemoryPlan, OneReservationAndNothingTakenPerStep) {
   EngineOptions eo;
   eo.model_dir = fs::path(TRIDENT_MODELS_DIR) / "trident-tiny";
   eo.device = "cuda";
   eo.gpu_memory_fraction = 0.5;
   eo.max_context = 1024;
+  eo.decode_graph_max_batch = 4;
   Engine engine(eo);
   ASSERT_TRUE(engine.memory_plan().has_value());
   const MemoryPlan& plan = *engine.memory_plan();
   EXPECT_GT(plan.kv_pages, 1000);
+  EXPECT_GT(plan.graph_workspace, 0);
   EXPECT_EQ(engine.pool().total_pages(), plan.kv_pages);
-  EXPECT_LE(plan.weights + plan.step_workspace + plan.kv, plan.reserved);
+  EXPECT_LE(plan.weights + plan.graph_workspace + plan.step_workspace + plan.kv, plan.reserved);
   const int64_t reserved = engine.backend().device_memory()->reserved;
 
   Tokenizer tokenizer = Tokenizer::from_dir(eo.model_dir);
@@ -220,6 +223,7 @@ TEST(CudaMemoryPlan, OneReservationAndNothingTakenPerStep) {
   for (int i = 0; i < 3; ++i) engine.generate(prompt, go);
   EXPECT_EQ(engine.backend().device_memory()->reserved, reserved)
       << "steps took memory from the device beyond the reservation";
+  EXPECT_GE(engine.decode_graphs()->replays(), 3 * (go.max_new_tokens - 1));
 }
 
 }  // namespace

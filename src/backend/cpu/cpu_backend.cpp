@@ -19,7 +19,14 @@ class CpuBackend final : public Backend {
   }
   Tensor upload(const Tensor& host) override { return host; }
   void to_host(const Tensor& src, void* dst) override { std::memcpy(dst, src.data, src.nbytes()); }
+  void from_host(const void* src, Tensor& dst) override { std::memcpy(dst.data, src, dst.nbytes()); }
   void synchronize() override {}
+  void reserve_graph_workspace(int64_t) override {
+    fail("graphs are not supported by the CPU backend (supports_graphs() is false)");
+  }
+  std::unique_ptr<Graph> capture_graph(const std::function<void()>&) override {
+    fail("graphs are not supported by the CPU backend (supports_graphs() is false)");
+  }
 
   void embedding(const Tensor& ids, const Tensor& table, Tensor& out) override {
     cpu::embedding(ids, table, out);

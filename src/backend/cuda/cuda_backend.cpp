@@ -3,7 +3,10 @@
 #include <algorithm>
 #include <cstring>
 
+#include <spdlog/spdlog.h>
+
 #include "backend/cuda/cuda_driver.h"
+#include "backend/cuda/cuda_graph.h"
 #include "backend/cuda/device_context.h"
 #include "core/error.h"
 
@@ -22,6 +25,18 @@ CudaBackend::CudaBackend(int device_ordinal, double memory_fraction)
             "other processes use {:.1f} GB; raise --gpu-memory-fraction or free the GPU",
             memory_fraction, device_ordinal, total_bytes / 1e9, others / 1e9);
   ops_.device.reserve(size_t(want));
+}
+
+CudaBackend::~CudaBackend() {
+  // Graphs and their tensors are gone by now (they belong to the backend's users); one still
+  // alive is a bug to report, not a reason to throw from a destructor.
+  if (graph_workspace_id_ >= 0) {
+    try {
+      ops_.device.remove_graph_workspace(graph_workspace_id_);
+    } catch (const std::exception& e) {
+      spdlog::error("{}", e.what());
+    }
+  }
 }
 
 std::optional<DeviceMemory> CudaBackend::device_memory() {
@@ -70,6 +85,36 @@ void CudaBackend::to_host(const Tensor& src, void* dst) {
                       ops_.device.ordinal()));
   }
   synchronize();
+}
+
+void CudaBackend::from_host(const void* src, Tensor& dst) {
+  expect_device_tensor(ops_, dst, "from_host", "dst",
+                       {DType::F32, DType::BF16, DType::F16, DType::I32, DType::I64,
+                        DType::F8E4M3});
+  ops_.device.make_current();
+  if (dst.nbytes() == 0) return;
+  check(cu().cuMemcpyHtoDAsync(device_ptr(dst), src, dst.nbytes(), ops_.stream),
+        fmt::format("copying {} bytes into {} on CUDA device {}", dst.nbytes(), dst.shape_str(),
+                    ops_.device.ordinal()));
+}
+
+void CudaBackend::reserve_graph_workspace(int64_t bytes) {
+  ops_.device.make_current();
+  // One tensor of the memory plan, held for the backend's life; a new size replaces it (no graph
+  // may be alive then: their addresses are in the old one).
+  if (graph_workspace_id_ >= 0) ops_.device.remove_graph_workspace(graph_workspace_id_);
+  graph_workspace_id_ = -1;
+  graph_workspace_ = Tensor();
+  if (bytes <= 0) return;
+  graph_workspace_ = device_tensor(ops_.device, DType::U8, {bytes});
+  graph_workspace_id_ = ops_.device.add_graph_workspace(device_ptr(graph_workspace_), size_t(bytes));
+}
+
+std::unique_ptr<Graph> CudaBackend::capture_graph(const std::function<void()>& ops) {
+  TRI_CHECK(graph_workspace_id_ >= 0,
+            "capture_graph: no graph workspace on CUDA device {} (reserve_graph_workspace first)",
+            ops_.device.ordinal());
+  return cuda::capture_graph(ops_.device, graph_workspace_id_, ops);
 }
 
 void CudaBackend::synchronize() {

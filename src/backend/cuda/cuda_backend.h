@@ -22,6 +22,7 @@ class CudaBackend final : public Backend {
   // step's workspace then come from that reservation (DeviceContext::reserve). 0: the pool grows
   // as needed (tests, tools).
   explicit CudaBackend(int device_ordinal, double memory_fraction = 0);
+  ~CudaBackend() override;
 
   Device device() const override { return Device::CUDA; }
   DType activation_dtype() const override { return DType::BF16; }
@@ -29,9 +30,13 @@ class CudaBackend final : public Backend {
   Tensor alloc(DType dtype, std::initializer_list<int64_t> shape) override;
   Tensor upload(const Tensor& host) override;
   void to_host(const Tensor& src, void* dst) override;
+  void from_host(const void* src, Tensor& dst) override;
   void synchronize() override;
   std::optional<DeviceMemory> device_memory() override;
   void reset_memory_peak() override;
+  bool supports_graphs() const override { return true; }
+  void reserve_graph_workspace(int64_t bytes) override;
+  std::unique_ptr<Graph> capture_graph(const std::function<void()>& ops) override;
 
   void embedding(const Tensor& ids, const Tensor& table, Tensor& out) override;
   void rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& out) override;
@@ -83,6 +88,8 @@ class CudaBackend final : public Backend {
 
  private:
   OpContext ops_;
+  Tensor graph_workspace_;
+  int graph_workspace_id_ = -1;
   std::optional<GemmChoice> gemm_override_;
   GemmChoice last_gemm_;
   std::optional<MlaChoice> mla_override_;

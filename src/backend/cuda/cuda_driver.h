@@ -42,7 +42,13 @@ namespace trident::cuda {
   X(cuEventDestroy)                      \
   X(cuEventRecord)                       \
   X(cuEventSynchronize)                  \
-  X(cuEventElapsedTime)
+  X(cuEventElapsedTime)                  \
+  X(cuStreamBeginCapture)                \
+  X(cuStreamEndCapture)                  \
+  X(cuGraphInstantiateWithFlags)         \
+  X(cuGraphLaunch)                       \
+  X(cuGraphDestroy)                      \
+  X(cuGraphExecDestroy)
 
 struct DriverApi {
 #define TRIDENT_CUDA_DRIVER_POINTER(fn) decltype(&::fn) fn = nullptr;

@@ -116,6 +116,17 @@ CUfunction DeviceContext::function(const KernelVariant& variant) {
 CUdeviceptr DeviceContext::allocate(size_t bytes) {
   CUdeviceptr ptr = 0;
   if (bytes == 0) return 0;
+  if (const int workspace = capturing_; workspace >= 0) {
+    std::lock_guard lock(workspace_mutex_);
+    RegionAllocator& region = graph_workspaces_.at(workspace);
+    ptr = CUdeviceptr(region.allocate(bytes));
+    TRI_CHECK(ptr != 0,
+              "capturing a CUDA graph on device {}: {} bytes do not fit in the graph workspace "
+              "({} bytes, {} in use, largest free range {}); the workspace is sized by a trial "
+              "step, so this capture needs more than that step did",
+              ordinal_, bytes, region.size(), region.in_use(), region.largest_free());
+    return ptr;
+  }
   CUresult r = cu().cuMemAllocAsync(&ptr, bytes, stream_);
   if (r != CUDA_SUCCESS) {
     size_t free_bytes = 0, total_bytes = 0;
@@ -127,8 +138,57 @@ CUdeviceptr DeviceContext::allocate(size_t bytes) {
 }
 
 void DeviceContext::release(CUdeviceptr ptr) noexcept {
+  if (ptr == 0) return;
+  {
+    std::lock_guard lock(workspace_mutex_);
+    for (auto& [id, region] : graph_workspaces_) {
+      if (region.contains(uint64_t(ptr))) {
+        region.release(uint64_t(ptr));
+        return;
+      }
+    }
+  }
   // Errors here mean the process is tearing the driver down; nothing useful can be done.
-  if (ptr != 0) cu().cuMemFreeAsync(ptr, stream_);
+  cu().cuMemFreeAsync(ptr, stream_);
+}
+
+int DeviceContext::add_graph_workspace(CUdeviceptr base, size_t bytes) {
+  std::lock_guard lock(workspace_mutex_);
+  TRI_CHECK(base % RegionAllocator::kAlignment == 0 && bytes > 0,
+            "CUDA device {}: a graph workspace of {} bytes at {:#x} (must be {}-byte aligned)",
+            ordinal_, bytes, uint64_t(base), RegionAllocator::kAlignment);
+  const int id = next_workspace_++;
+  graph_workspaces_.emplace(id, RegionAllocator(uint64_t(base), bytes));
+  return id;
+}
+
+void DeviceContext::remove_graph_workspace(int id) {
+  std::lock_guard lock(workspace_mutex_);
+  auto it = graph_workspaces_.find(id);
+  if (it == graph_workspaces_.end()) return;
+  TRI_CHECK(it->second.in_use() == 0,
+            "CUDA device {}: a graph workspace is given up while {} bytes of it are in use (a "
+            "graph's tensors outlive it)",
+            ordinal_, it->second.in_use());
+  graph_workspaces_.erase(it);
+}
+
+void DeviceContext::begin_capture(int workspace) {
+  std::lock_guard lock(workspace_mutex_);
+  TRI_CHECK(graph_workspaces_.count(workspace) == 1,
+            "CUDA device {}: capturing a graph needs a graph workspace (reserve_graph_workspace)",
+            ordinal_);
+  int idle = -1;
+  TRI_CHECK(capturing_.compare_exchange_strong(idle, workspace),
+            "CUDA device {}: a graph capture is already under way", ordinal_);
+}
+
+void DeviceContext::end_capture() { capturing_ = -1; }
+
+size_t DeviceContext::graph_workspace_high_water(int workspace) {
+  std::lock_guard lock(workspace_mutex_);
+  auto it = graph_workspaces_.find(workspace);
+  return it == graph_workspaces_.end() ? 0 : it->second.high_water();
 }
 
 size_t DeviceContext::reserve(size_t bytes) {

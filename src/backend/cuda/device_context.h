@@ -6,13 +6,16 @@
 
 #include <cuda.h>
 
+#include <atomic>
 #include <cstddef>
+#include <map>
 #include <mutex>
 #include <string>
 #include <unordered_map>
 #include <utility>
 
 #include "backend/cuda/kernel_launch.h"
+#include "core/region_allocator.h"
 
 namespace trident::cuda {
 
@@ -51,6 +54,21 @@ class DeviceContext {
   };
   PoolUsage pool_usage();
   void reset_peak();
+  // CUDA graphs. While a graph is captured on stream(), allocations come from a graph workspace
+  // instead of the pool: captured pool allocations would become graph memory nodes, outside the
+  // memory plan, and an address a graph records must stay valid for every replay. A workspace
+  // is carved first fit in capture order, so a region freed during a capture is reused by work
+  // the captured chain runs after it; graphs replay one at a time on stream(), so the graphs of
+  // one owner share its workspace. Memory a capture left allocated (a graph's outputs) returns
+  // to its workspace whenever it is released. Each backend on the device has its own workspace.
+  int add_graph_workspace(CUdeviceptr base, size_t bytes);
+  void remove_graph_workspace(int id);
+  void begin_capture(int workspace);
+  void end_capture();
+  bool capturing() const { return capturing_ >= 0; }
+  // Bytes of a workspace its captures have touched.
+  size_t graph_workspace_high_water(int workspace);
+
   // The device's free and total memory, as the driver reports them.
   std::pair<size_t, size_t> device_free_total() const;
 
@@ -70,6 +88,10 @@ class DeviceContext {
   int sm_count_ = 0;
   int max_shared_per_block_ = 0;
   std::mutex mutex_;
+  std::mutex workspace_mutex_;
+  std::map<int, RegionAllocator> graph_workspaces_;
+  int next_workspace_ = 0;
+  std::atomic<int> capturing_{-1};  // the workspace of the capture under way, or -1
   std::unordered_map<const KernelVariant*, CUfunction> functions_;
 };
 

@@ -152,7 +152,8 @@ void launch_kernel(const Launch& launch, const KernelVariant& variant, void** ar
   device.release(profile_scratch);
   check(r, fmt::format("launching kernel {} on grid ({}, {}, {})", variant.label(), launch.grid[0],
                        launch.grid[1], launch.grid[2]));
-  if (sync_after_each_launch()) {
+  // A capture records the launch without running it; there is nothing to wait for.
+  if (sync_after_each_launch() && !device.capturing()) {
     check(cu().cuStreamSynchronize(launch.stream),
           fmt::format("running kernel {} on grid ({}, {}, {})", variant.label(), launch.grid[0],
                       launch.grid[1], launch.grid[2]));
