@@ -229,13 +229,37 @@ MLA_BATCH = [1, 4, 16, 64, 128, 256]
 MLA_CONTEXT = [1024, 4096, 16384, 32768]
 MLA_MAX_TOKENS = 256 * 32768
 MLA_SPLIT_CASES = [(1, 32768, s) for s in (16, 32)] + [(16, 16384, s) for s in (2, 8)]
+# Every schedule of the 64-head DeepSeek tile (kernels/mla_attention.py SCHEDULES_512: scores
+# exchanged between warpgroups "_x", pages prefetched into L2 one or two tiles ahead "_pfN"),
+# forced, with the splits chosen as for the default, on a few shapes.
+MLA_TILE = "l512r64_h64n64_w8s2"
+MLA_SCHEDULES = ["", "_pf1", "_pf2", "_x", "_x_pf1", "_x_pf2"]
+MLA_SCHEDULE_SHAPES = [(1, 32768), (16, 16384), (64, 4096), (128, 32768), (256, 4096)]
 
 
 def mla_cases():
     cases = [f"mla_decode {B} {ctx} {MLA_HEADS}" for B in MLA_BATCH for ctx in MLA_CONTEXT
              if B * ctx <= MLA_MAX_TOKENS]
     cases += [f"mla_decode {B} {ctx} {MLA_HEADS} auto {s}" for B, ctx, s in MLA_SPLIT_CASES]
+    cases += [f"mla_decode {B} {ctx} {MLA_HEADS} {MLA_TILE}{s} 0" for s in MLA_SCHEDULES
+              for B, ctx in MLA_SCHEDULE_SHAPES]
     return cases
+
+
+def mla_schedule_table(records):
+    """µs of the whole op per forced schedule of the DeepSeek tile (rows) and shape (columns)."""
+    forced = {(r["variant"], r["B"], r["context"]): r for r in records
+              if r["op"] == "mla_decode" and r.get("forced")}
+    lines = ["| schedule | " + " | ".join(f"B {B}, {ctx}" for B, ctx in MLA_SCHEDULE_SHAPES) + " |",
+             "|---|" + "---|" * len(MLA_SCHEDULE_SHAPES)]
+    for s in MLA_SCHEDULES:
+        cells = []
+        for B, ctx in MLA_SCHEDULE_SHAPES:
+            r = forced.get((MLA_TILE + s, B, ctx))
+            cells.append(f"{r['us']:.1f} ({r['splits']})" if r else "-")
+        lines.append(f"| {MLA_TILE}{s} | " + " | ".join(cells) + " |")
+        print(lines[-1], flush=True)
+    return lines
 
 
 def mla_table(records, ceil):
@@ -246,7 +270,7 @@ def mla_table(records, ceil):
              "vs copy | TFLOPS | % of floor | variant, splits |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
-        if r["op"] != "mla_decode":
+        if r["op"] != "mla_decode" or r.get("forced"):
             continue
         mem_us = r["bytes"] / (ceil["copy_gbps"] * 1e3)
         flop_us = r["flops"] / (ceil["bf16_tflops"] * 1e6)
@@ -416,6 +440,9 @@ def main():
     records = run_trident(args.bench_binary, cases) if cases else []
     for r in records[n_single:]:
         r["sweep"] = True
+    # One record per case line: mark the MLA cases that force a schedule.
+    for case, r in zip(cases[:n_single], records[:n_single]):
+        r["forced"] = case.startswith("mla_decode") and MLA_TILE in case
     # A run of their own: their records say themselves whether they are sweeps.
     moe_records = []
     if args.only in (None, "moe"):
@@ -440,6 +467,8 @@ def main():
         report += [f"### MLA decode, DeepSeek-V3 ({MLA_HEADS} heads, kv_lora 512, rope 64), the "
                    "whole op (absorb, attend, combine, absorb)", ""]
         report += mla_table(records, ceil) + [""]
+        report += ["Schedules of the 64-head tile, forced (µs of the whole op; splits):", ""]
+        report += mla_schedule_table(records) + [""]
     if args.only in (None, "moe"):
         report += [f"### Grouped FP8 expert GEMMs, DeepSeek-V3 experts (hidden {MOE_HIDDEN}, "
                    f"intermediate {MOE_INTER}), and the whole moe_experts op", ""]

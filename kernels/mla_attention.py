@@ -20,6 +20,22 @@ golden-test models' 64/16, 80/16, 80/32, ...) runs on a PADDED variant: blocks t
 two (at least 16, what a tensor-core product takes), the dims passed at run time (kv_lora, rope),
 columns past them loaded as zeros (they add nothing to scores or sums) and never stored.
 
+Hopper schedule options of the 64-head DeepSeek tile (8 warps, two warpgroups; tags EXCHANGE,
+PREFETCH):
+- PREFETCH = d > 0: at each tile, one thread asks the copy engine to bring the page d tiles ahead
+  into L2 (cp.async.bulk.prefetch.L2, 73728 contiguous bytes: a whole page is a whole tile). The
+  pipeliner issues a tile's copies into shared memory only after the previous tile's products (the
+  two 72 KB buffers and the 72 KB query fill shared memory), so without it each tile waits for
+  HBM; with it, for L2.
+- EXCHANGE = 1: the scores are computed once. Triton lays a product whose result feeds another
+  product (the scores feed P @ V) with all warps along M, and 64 heads are one warpgroup's M, so
+  both warpgroups would compute all scores. Here P and the rescale factors reach the value
+  product through `exchange_ptr` (a per-program scratch of two slots, written, a CTA barrier,
+  read back) instead of as values, so the score product is laid out [4, 2]: each warpgroup
+  computes 32 of the 64 positions. The barrier is inline PTX: tl.debug_barrier stops the loop
+  pipelining. The rope product is a separate dot added afterwards (accumulating one into the
+  other would chain them again).
+
 Precision: q_lat (an f32 product rounded to bf16 by mla_head_gemm), the keys and the
 probabilities enter the tensor cores as bf16; scores, softmax and sums are f32.
 """
@@ -44,6 +60,9 @@ ATTENTION_TILES = {
     512: [(64, 64, 8, 2), (16, 64, 4, 2)],
     128: [(64, 64, 4, 2), (16, 64, 4, 2)],
 }
+# (EXCHANGE, PREFETCH) schedules compiled for the 64-head tile of the 512/64 latent, the first
+# the default (cuda_attention.cpp takes the first variant that matches).
+SCHEDULES_512 = [(0, 1), (1, 1), (0, 2), (1, 2), (0, 0), (1, 0)]
 
 
 def padded_block(dim):
@@ -52,11 +71,31 @@ def padded_block(dim):
 
 
 @triton.jit
+def _cta_barrier(token):
+    """bar.sync over the program's threads; returns `token` unchanged, so what is computed from
+    the result stays after the barrier, and stores before it are visible to every thread after."""
+    return tl.inline_asm_elementwise("bar.sync 0;\n\tmov.b32 $0, $1;", "=r,r", [token],
+                                     dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def _prefetch_page_to_l2(page_ptr, wanted):
+    """Thread 0 asks the copy engine to bring one 512/64 page (73728 bytes) into L2; a hint that
+    nothing waits for. Skipped where `wanted` is 0."""
+    tl.inline_asm_elementwise(
+        "{ .reg .pred pf; .reg .b32 tx; mov.u32 tx, %tid.x; setp.eq.u32 pf, tx, 0; "
+        "setp.ne.and.u32 pf, $2, 0, pf; @pf cp.async.bulk.prefetch.L2.global [$1], 73728; "
+        "mov.b32 $0, 0; }", "=r,l,r", [page_ptr.to(tl.int64, bitcast=True), wanted.to(tl.int32)],
+        dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
 def mla_attention(q_lat_ptr, q_ptr, cache_ptr, page_table_ptr, token_seq_ptr, positions_ptr,
-                  out_ptr, lse_ptr, n_heads, nope, kv_lora, rope, max_pages, n_splits, scale_log2,
-                  KV_BLOCK: tl.constexpr, ROPE_BLOCK: tl.constexpr, PADDED: tl.constexpr,
-                  PAGE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
-                  SPLIT: tl.constexpr):
+                  out_ptr, lse_ptr, exchange_ptr, n_heads, nope, kv_lora, rope, max_pages,
+                  n_splits, scale_log2, KV_BLOCK: tl.constexpr, ROPE_BLOCK: tl.constexpr,
+                  PADDED: tl.constexpr, PAGE: tl.constexpr, BLOCK_H: tl.constexpr,
+                  BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, EXCHANGE: tl.constexpr,
+                  PREFETCH: tl.constexpr):
     # Tuned variants take their dims as constants (kv_lora and rope unused) and need no column
     # masks: their code is that of a kernel written for those dims alone.
     if PADDED:
@@ -93,7 +132,27 @@ def mla_attention(q_lat_ptr, q_ptr, cache_ptr, page_table_ptr, token_seq_ptr, po
     m_i = tl.full((BLOCK_H, ), float("-inf"), tl.float32)
     l_i = tl.zeros((BLOCK_H, ), tl.float32)
     acc = tl.zeros((BLOCK_H, KV_BLOCK), tl.float32)
+    if PREFETCH:
+        tl.static_assert(BLOCK_N == PAGE and PAGE * (KV_BLOCK + ROPE_BLOCK) * 2 == 73728,
+                         "the L2 prefetch moves whole 512/64 pages")
+        for ahead in tl.static_range(1, PREFETCH):
+            jp = start + ahead * BLOCK_N
+            page_p = tl.load(table + jp // PAGE, mask=jp < end, other=0).to(tl.int64)
+            _prefetch_page_to_l2(cache_ptr + page_p * PAGE * (L + R), jp < end)
+    if EXCHANGE:
+        # Two slots per program, each P [BLOCK_H, BLOCK_N] bf16 then alpha [BLOCK_H] f32; tile i
+        # uses slot i % 2, so a slot is rewritten only after every thread has passed the barrier
+        # that follows its last read.
+        h = tl.arange(0, BLOCK_H)
+        slot_size: tl.constexpr = BLOCK_H * BLOCK_N + 2 * BLOCK_H
+        program = (split * n_tokens + t) * tl.num_programs(0) + tl.program_id(0)
+        exchange = exchange_ptr + program * (2 * slot_size)
+        slot = 0
     for j in range(start, end, BLOCK_N):
+        if PREFETCH:
+            jp = j + PREFETCH * BLOCK_N
+            page_p = tl.load(table + jp // PAGE, mask=jp < end, other=0).to(tl.int64)
+            _prefetch_page_to_l2(cache_ptr + page_p * PAGE * (L + R), jp < end)
         page = tl.load(table + j // PAGE).to(tl.int64)
         rows = (page * PAGE + j % PAGE + n) * (L + R)
         valid = j + n < end
@@ -105,21 +164,41 @@ def mla_attention(q_lat_ptr, q_ptr, cache_ptr, page_table_ptr, token_seq_ptr, po
             valid_r = valid[:, None]
         kv = tl.load(cache_ptr + rows[:, None] + c[None, :], mask=valid_c, other=0.0)
         k_rope = tl.load(cache_ptr + rows[:, None] + L + r[None, :], mask=valid_r, other=0.0)
-        s = tl.dot(q_lat, tl.trans(kv))
-        s = tl.dot(q_rope, tl.trans(k_rope), s)
-        s = tl.where(valid[None, :], s * scale_log2, float("-inf"))
+        if EXCHANGE:
+            s = (tl.dot(q_lat, tl.trans(kv)) * scale_log2 +
+                 tl.dot(q_rope, tl.trans(k_rope)) * scale_log2)
+            s = tl.where(valid[None, :], s, float("-inf"))
+        else:
+            s = tl.dot(q_lat, tl.trans(kv))
+            s = tl.dot(q_rope, tl.trans(k_rope), s)
+            s = tl.where(valid[None, :], s * scale_log2, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.math.exp2(m_i - m_new)
         p = tl.math.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = tl.dot(p.to(kv.dtype), kv, acc * alpha[:, None])
         m_i = m_new
+        if EXCHANGE:
+            here = exchange + slot * slot_size
+            tl.store(here + h[:, None] * BLOCK_N + n[None, :], p.to(tl.bfloat16))
+            tl.store((here + BLOCK_H * BLOCK_N).to(tl.pointer_type(tl.float32)) + h, alpha)
+            here = exchange + _cta_barrier(slot) * slot_size
+            # The mask (positions past the context are zero in p anyway) leaves this load
+            # unaligned, so the pipeliner does not hoist it above the barrier.
+            p_x = tl.load(here + h[:, None] * BLOCK_N + n[None, :], mask=valid[None, :],
+                          other=0.0, cache_modifier=".cg")
+            alpha_x = tl.load((here + BLOCK_H * BLOCK_N).to(tl.pointer_type(tl.float32)) + h,
+                              cache_modifier=".cg")
+            acc = tl.dot(p_x, kv, acc * alpha_x[:, None])
+            slot = 1 - slot
+        else:
+            acc = tl.dot(p.to(kv.dtype), kv, acc * alpha[:, None])
 
-    # An empty chunk (split past a short context) has l_i = 0: it writes zeros and lse = -inf.
+    # An empty chunk (split past a short context) has l_i = 0: it writes only lse = -inf, which
+    # mla_combine skips (so empty splits cost a launch slot, not a partial's bytes).
     o = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     if SPLIT:
         part = split * n_tokens * n_heads + row_heads
-        tl.store(out_ptr + part[:, None] * L + c[None, :], o, mask=heads_c)
+        tl.store(out_ptr + part[:, None] * L + c[None, :], o, mask=heads_c & (start < end))
         tl.store(lse_ptr + part, m_i + tl.math.log2(l_i), mask=in_heads)
     else:
         tl.store(out_ptr + row_heads[:, None] * L + c[None, :], o.to(out_ptr.dtype.element_ty),
@@ -130,7 +209,8 @@ def mla_attention(q_lat_ptr, q_ptr, cache_ptr, page_table_ptr, token_seq_ptr, po
 def mla_combine(partial_ptr, lse_ptr, out_ptr, rows, n_splits, kv_lora, KV_BLOCK: tl.constexpr,
                 PADDED: tl.constexpr):
     """o_lat[row] = sum_s 2^(lse_s - lse) partial[s, row] with lse = log2 sum_s 2^lse_s, for each
-    row = t * H + h; bf16 out. Latent dims as in mla_attention."""
+    row = t * H + h, over the splits that saw a position; bf16 out. Latent dims as in
+    mla_attention."""
     if PADDED:
         L = kv_lora
     else:
@@ -143,35 +223,52 @@ def mla_combine(partial_ptr, lse_ptr, out_ptr, rows, n_splits, kv_lora, KV_BLOCK
     acc = tl.zeros((KV_BLOCK, ), tl.float32)
     total = 0.0
     for s in range(0, n_splits):
-        w = tl.math.exp2(tl.load(lse_ptr + s * rows + row) - m)
-        if PADDED:
-            acc += w * tl.load(partial_ptr + (s * rows + row) * L + c, mask=c < L, other=0.0)
-        else:
-            acc += w * tl.load(partial_ptr + (s * rows + row) * L + c)
-        total += w
+        lse = tl.load(lse_ptr + s * rows + row)
+        # Empty splits (lse = -inf) wrote no partial: skip them without reading it.
+        if lse > float("-inf"):
+            w = tl.math.exp2(lse - m)
+            if PADDED:
+                acc += w * tl.load(partial_ptr + (s * rows + row) * L + c, mask=c < L, other=0.0)
+            else:
+                acc += w * tl.load(partial_ptr + (s * rows + row) * L + c)
+            total += w
     if PADDED:
         tl.store(out_ptr + row * L + c, (acc / total).to(out_ptr.dtype.element_ty), mask=c < L)
     else:
         tl.store(out_ptr + row * L + c, (acc / total).to(out_ptr.dtype.element_ty))
 
 
-def _attention_variant(kv_block, rope_block, padded, block_h, block_n, warps, stages, split):
+def _attention_variant(kv_block, rope_block, padded, block_h, block_n, warps, stages, split,
+                       exchange=0, prefetch=0):
     signature = {"q_lat_ptr": "*bf16", "q_ptr": "*bf16", "cache_ptr": "*bf16",
                  "page_table_ptr": "*i32", "token_seq_ptr": "*i32", "positions_ptr": "*i32",
-                 "out_ptr": "*fp32" if split else "*bf16", "lse_ptr": "*fp32", "n_heads": "i32",
-                 "nope": "i32", "kv_lora": "i32", "rope": "i32", "max_pages": "i32",
-                 "n_splits": "i32", "scale_log2": "fp32"}
+                 "out_ptr": "*fp32" if split else "*bf16", "lse_ptr": "*fp32",
+                 "exchange_ptr": "*bf16", "n_heads": "i32", "nope": "i32", "kv_lora": "i32",
+                 "rope": "i32", "max_pages": "i32", "n_splits": "i32", "scale_log2": "fp32"}
     constexprs = {"KV_BLOCK": kv_block, "ROPE_BLOCK": rope_block, "PADDED": padded, "PAGE": PAGE,
-                  "BLOCK_H": block_h, "BLOCK_N": block_n, "SPLIT": split}
+                  "BLOCK_H": block_h, "BLOCK_N": block_n, "SPLIT": split, "EXCHANGE": exchange,
+                  "PREFETCH": prefetch}
     signature.update({k: "constexpr" for k in constexprs})
     # Padded rows (L + R) need not be multiples of 16 elements: only the bases are aligned.
-    aligned = ("q_lat_ptr", "q_ptr", "cache_ptr", "out_ptr") + (() if padded else ("nope", ))
+    aligned = ("q_lat_ptr", "q_ptr", "cache_ptr", "out_ptr", "exchange_ptr") + (
+        () if padded else ("nope", ))
+    schedule = f"{'_x' if exchange else ''}{f'_pf{prefetch}' if prefetch else ''}"
     return Variant(name=f"{'pad' if padded else ''}l{kv_block}r{rope_block}_h{block_h}n{block_n}"
-                   f"_w{warps}s{stages}{'_split' if split else ''}", signature=signature,
-                   constexprs=constexprs, num_warps=warps, num_stages=stages,
-                   divisible_by_16=aligned,
+                   f"_w{warps}s{stages}{schedule}{'_split' if split else ''}",
+                   signature=signature, constexprs=constexprs, num_warps=warps,
+                   num_stages=stages, divisible_by_16=aligned,
                    tags={"KV_BLOCK": kv_block, "ROPE_BLOCK": rope_block, "PADDED": padded,
-                         "BLOCK_H": block_h, "BLOCK_N": block_n, "SPLIT": split})
+                         "BLOCK_H": block_h, "BLOCK_N": block_n, "SPLIT": split,
+                         "EXCHANGE": exchange, "PREFETCH": prefetch})
+
+
+def _tuned_variants(kv_lora, rope, split):
+    """A latent's tiles; the 64-head tile of the 512/64 latent in each of SCHEDULES_512."""
+    variants = []
+    for tile in ATTENTION_TILES[kv_lora]:
+        schedules = SCHEDULES_512 if (kv_lora, rope, tile[0]) == (512, 64, 64) else [(0, 0)]
+        variants += [_attention_variant(kv_lora, rope, 0, *tile, split, *s) for s in schedules]
+    return variants
 
 
 def _combine_variant(kv_block, padded):
@@ -188,8 +285,7 @@ _PADDED_PAIRS = [(kb, rb) for kb in PADDED_KV_BLOCKS for rb in PADDED_ROPE_BLOCK
 
 KERNELS = [
     Kernel("mla_attention", mla_attention,
-           [_attention_variant(l, r, 0, *tile, split) for l, r in TUNED_DIMS
-            for tile in ATTENTION_TILES[l] for split in (0, 1)] +
+           [v for l, r in TUNED_DIMS for split in (0, 1) for v in _tuned_variants(l, r, split)] +
            [_attention_variant(kb, rb, 1, *PADDED_TILE, split) for kb, rb in _PADDED_PAIRS
             for split in (0, 1)],
            "causal absorbed MLA over the paged latent cache: o_lat, or per-split partials"),

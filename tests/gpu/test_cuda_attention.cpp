@@ -11,8 +11,10 @@
 #include <cstring>
 #include <numeric>
 #include <string>
+#include <string_view>
 #include <vector>
 
+#include "backend/cuda/kernel_launch.h"
 #include "gpu_test_support.h"
 
 namespace trident::gpu_test {
@@ -215,9 +217,12 @@ constexpr double kStepRelL2 = 1e-2;
 constexpr double kTokenRelL2 = 2e-2;
 double g_worst_token = 0;
 
-// Runs the step on both backends; `splits` 0 lets the GPU choose. Returns the split it used.
-int expect_attention_matches(const MlaShape& s, const std::vector<Seq>& seqs, int splits) {
-  std::string what = fmt::format("{}, splits {}, seqs", s.name, splits);
+// Runs the step on both backends; `splits` 0 lets the GPU choose, and an empty `variant` the
+// attention variant. Returns the split it used.
+int expect_attention_matches(const MlaShape& s, const std::vector<Seq>& seqs, int splits,
+                             const std::string& variant = "") {
+  std::string what = fmt::format("{}, {}, splits {}, seqs", s.name,
+                                 variant.empty() ? "default variant" : variant, splits);
   for (const Seq& q : seqs) what += fmt::format(" ({}, {})", q.context, q.new_tokens);
   SCOPED_TRACE(what);
   const MlaParams p = params(s);
@@ -239,11 +244,15 @@ int expect_attention_matches(const MlaShape& s, const std::vector<Seq>& seqs, in
   w_gpu.w_uk = gpu().upload(w.w_uk);
   w_gpu.w_uv = gpu().upload(w.w_uv);
   Tensor out = poisoned(DType::BF16, {T, int64_t(s.heads) * s.v});
-  gpu().set_mla_override(splits > 0 ? std::optional<cuda::MlaChoice>(cuda::MlaChoice{"", splits})
-                                    : std::nullopt);
+  gpu().set_mla_override(splits > 0 || !variant.empty()
+                             ? std::optional<cuda::MlaChoice>(cuda::MlaChoice{variant, splits})
+                             : std::nullopt);
   gpu().mla_attention(gpu().upload(q), w_gpu, p, st.device, KvLayer{gpu().upload(cache)}, out);
   gpu().set_mla_override(std::nullopt);
   const int used = gpu().last_mla().splits;
+  if (!variant.empty()) {
+    EXPECT_EQ(gpu().last_mla().variant, variant);
+  }
 
   Tensor got = download(out);
   const Diff d = compare(got, want);
@@ -310,6 +319,28 @@ TEST(CudaMlaAttentionSplits, LargeDecodeBatchOfRandomContextsMatchesCpu) {
   std::uniform_int_distribution<int> length(1, 2500);
   for (int i = 0; i < 48; ++i) seqs.push_back({length(rng()), 1});
   expect_attention_matches(kDeepSeekV3, seqs, 0);
+}
+
+// Every schedule compiled for DeepSeek's 64-head tile (SCHEDULES_512 in
+// kernels/mla_attention.py: scores exchanged between warpgroups, pages prefetched into L2),
+// forced whatever the default: decodes of every length class and a step mixing prefill chunks,
+// with one split and with several (splits past the short contexts are empty).
+TEST(CudaMlaAttentionSplits, EveryScheduleOfTheDeepSeekTileMatchesCpu) {
+  SCOPED_TRACE(seed_note());
+  const int arch = gpu().context().arch();
+  int schedules = 0;
+  for (const cuda::KernelVariant& v : cuda::compiled_kernel_variants()) {
+    if (v.arch != arch || std::string_view(v.kernel) != "mla_attention" ||
+        !v.matches({{"KV_BLOCK", 512}, {"ROPE_BLOCK", 64}, {"PADDED", 0}, {"BLOCK_H", 64},
+                    {"SPLIT", 0}}))
+      continue;
+    ++schedules;
+    for (int splits : {1, 6}) {
+      expect_attention_matches(kDeepSeekV3, kDecodeBatch, splits, v.name);
+      expect_attention_matches(kDeepSeekV3, kMixedStep, splits, v.name);
+    }
+  }
+  EXPECT_GE(schedules, 2) << "DeepSeek's tile should be compiled in several schedules";
 }
 
 TEST(CudaMlaAttentionSplits, RejectsLatentSizesBeyondThePaddedBlocks) {
