@@ -28,10 +28,11 @@ clean:
 
 # The CUDA backend on a GPU machine: `make test-gpu OUT=dir` builds it (kernels included), runs
 # its op and whole-model tests against the CPU reference and transformers' logits, and runs the
-# shipped model through `generate` and `eval` on the GPU; `make bench-kernels OUT=dir` times the
-# kernels against their peers and appends to bench/RESULTS.md (BENCH_FLAGS=--sweep also times
-# every GEMM tile). Logs go to $(OUT). Libraries the GPU machine lacks can be unpacked into
-# .deps (scripts/gpu-deps.sh) and compiled kernels cached in .kcache, both carried there.
+# shipped model through `generate` and `eval` on the GPU and serves it (some of tests/serving);
+# `make bench-kernels OUT=dir` times the kernels against their peers and appends to
+# bench/RESULTS.md (BENCH_FLAGS=--sweep also times every GEMM tile). Logs go to $(OUT).
+# Libraries the GPU machine lacks can be unpacked into .deps (scripts/gpu-deps.sh) and compiled
+# kernels cached in .kcache, both carried there.
 GPU_BUILD ?= build-cuda
 OUT ?= $(GPU_BUILD)/logs
 BENCH_FLAGS ?=
@@ -39,6 +40,9 @@ GPU_DEPS ?= $(CURDIR)/.deps/usr
 KERNEL_CACHE ?= $(CURDIR)/.kcache
 GPU_MODEL ?= models/trident-tiny
 HELD_OUT ?= tests/data/heldout/austen-test.txt
+# The serving tests that also run against `trident serve --device cuda` (decode graphs, GPU
+# sampling, continuous batching on the device).
+GPU_SERVING_TESTS ?= test_curl.py test_openai_client.py test_concurrency.py
 
 .PHONY: gpu-build test-gpu bench-kernels
 gpu-build test-gpu bench-kernels: SHELL := /bin/bash
@@ -59,6 +63,9 @@ test-gpu: gpu-build
 	    $(GPU_BUILD)/trident generate --device cuda --model $$m --prompt "It is a truth universally acknowledged" -n 48 --stats && \
 	    $(GPU_BUILD)/trident eval --device cuda --model $$m --text $(HELD_OUT) || exit 1; \
 	  done; } 2>&1 | tee $(OUT)/model.log || status=1; \
+	TRIDENT_BINARY=$(CURDIR)/$(GPU_BUILD)/trident TRIDENT_SERVE_ARGS="--device cuda --gpu-memory-fraction 0.3" \
+	  python3 -m pytest -q -p no:cacheprovider $(addprefix tests/serving/,$(GPU_SERVING_TESTS)) \
+	  2>&1 | tee $(OUT)/serving.log || status=1; \
 	exit $$status
 
 bench-kernels: gpu-build

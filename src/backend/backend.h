@@ -11,6 +11,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <vector>
 
 #include "core/tensor.h"
@@ -106,6 +107,16 @@ struct DeviceMemory {
   int64_t peak_in_use = 0;  // most bytes held at once since reset_memory_peak()
 };
 
+// One row's sampling parameters, as the host sampler's (runtime/sampler.h), and the draws its
+// sequence made before (the position in its random stream).
+struct SampleRow {
+  float temperature = 0.0f;  // 0: greedy
+  int32_t top_k = 0;         // 0: no limit
+  float top_p = 1.0f;        // 1: no limit
+  uint64_t seed = 0;
+  int64_t step = 0;
+};
+
 // Ops recorded once and replayed as one launch, on the tensors they were recorded with (a CUDA
 // graph). Whoever replays writes the inputs into those tensors first and reads the outputs after.
 class Graph {
@@ -140,6 +151,12 @@ class Backend {
   // inputs and outputs, while the caller holds them. Where supports_graphs() is false, both
   // throw.
   virtual bool supports_graphs() const { return false; }
+  // Sampling on the device, where the backend has it (CUDA): one token per row of logits [B, V]
+  // into ids [B] i32, each row by its parameters, drawn from a random stream keyed by (seed,
+  // step), so only the ids come back to the host. Elsewhere the host samples (runtime/sampler.h)
+  // and `sample` throws.
+  virtual bool samples_on_device() const { return false; }
+  virtual void sample(const Tensor& logits, std::span<const SampleRow> rows, Tensor& ids) = 0;
   virtual void reserve_graph_workspace(int64_t bytes) = 0;
   virtual std::unique_ptr<Graph> capture_graph(const std::function<void()>& ops) = 0;
 

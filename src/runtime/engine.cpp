@@ -187,10 +187,19 @@ GenerateResult Engine::generate(const std::vector<int32_t>& prompt, const Genera
               pool_->free_pages());
     StepChunk chunk{&tokens, cached, int(tokens.size()) - cached, &pages, true};
     Tensor out = forward(build_step({chunk}));
-    backend_->to_host(out, logits.data());
     cached = int(tokens.size());
-
-    int32_t next = sampler.sample(logits.data(), c.vocab_size).id;
+    int32_t next = 0;
+    if (backend_->samples_on_device()) {
+      // Only the token comes back, not the vocabulary's logits.
+      const SamplingParams& p = options.sampling;
+      const SampleRow row{p.temperature, p.top_k, p.top_p, p.seed, int64_t(result.tokens.size())};
+      Tensor id = backend_->alloc(DType::I32, {1});
+      backend_->sample(out, {&row, 1}, id);
+      backend_->to_host(id, &next);
+    } else {
+      backend_->to_host(out, logits.data());
+      next = sampler.sample(logits.data(), c.vocab_size).id;
+    }
     result.tokens.push_back(next);
     tokens.push_back(next);
     bool eos = std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), next) != c.eos_token_ids.end();

@@ -19,7 +19,8 @@ struct GenerationRequest {
   std::vector<int32_t> prompt;
   int max_new_tokens = 16;
   SamplingParams sampling;
-  int top_logprobs = 0;  // alternatives reported with each token's logprob
+  bool logprobs = false;  // each token's logprob is reported
+  int top_logprobs = 0;   // alternatives reported with each token's logprob
   bool ignore_eos = false;
   std::vector<int32_t> stop_token_ids;  // besides the model's end-of-sequence tokens
 };

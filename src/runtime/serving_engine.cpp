@@ -18,6 +18,23 @@ const float* EngineStepModel::forward(const StepInput& step) {
   return logits_.data();
 }
 
+bool EngineStepModel::forward_sampled(const StepInput& step, std::span<const SampleRow> rows,
+                                      std::span<const int> host_rows, std::vector<int32_t>& ids,
+                                      std::vector<float>& host_logits) {
+  Backend& backend = engine_.backend();
+  if (!backend.samples_on_device()) return false;
+  Tensor logits = engine_.forward(step);
+  const int64_t vocab = logits.row_size();
+  Tensor drawn = backend.alloc(DType::I32, {logits.dim(0)});
+  backend.sample(logits, rows, drawn);
+  host_logits.resize(host_rows.size() * vocab);
+  for (size_t i = 0; i < host_rows.size(); ++i)
+    backend.to_host(logits.rows(host_rows[i], host_rows[i] + 1), host_logits.data() + i * vocab);
+  ids.resize(size_t(logits.dim(0)));
+  backend.to_host(drawn, ids.data());
+  return true;
+}
+
 int64_t EngineStepModel::begin_step(int64_t tokens) {
   ExpertParallel* ep = engine_.expert_parallel();
   // Serving never tells the group it has no work left: rank 0 stops it.
@@ -222,9 +239,27 @@ void ServingEngine::drop_overdue() {
 }
 
 void ServingEngine::run_step(const ScheduledStep& step) {
+  const int vocab = model_.vocab_size();
+  // The rows that want a token, their requests, and their sampling parameters (the step of each
+  // is the count of tokens its request generated: its place in the request's random stream).
+  std::vector<Active*> wanting;
+  std::vector<SampleRow> rows;
+  std::vector<int> host_rows;
+  for (size_t i = 0; i < step.seqs.size(); ++i) {
+    if (!step.chunks[i].want_logits) continue;
+    Active& a = *active_.at(step.seqs[i]->id);
+    const SamplingParams& p = a.request.sampling;
+    if (a.request.logprobs || a.request.top_logprobs > 0) host_rows.push_back(int(rows.size()));
+    rows.push_back({p.temperature, p.top_k, p.top_p, p.seed, int64_t(a.seq->generated())});
+    wanting.push_back(&a);
+  }
   const float* logits = nullptr;
+  std::vector<int32_t> ids;
+  bool sampled = false;
   try {
-    logits = model_.forward(build_step(step.chunks));
+    const StepInput in = build_step(step.chunks);
+    sampled = model_.forward_sampled(in, rows, host_rows, ids, device_logits_);
+    if (!sampled) logits = model_.forward(in);
   } catch (const std::exception& e) {
     // Ranks share every step: one rank's failure is the group's.
     if (options_.ranks) throw;
@@ -240,20 +275,26 @@ void ServingEngine::run_step(const ScheduledStep& step) {
     return;
   }
   scheduler_.step_done(step);
-  const int vocab = model_.vocab_size();
-  int row = 0;
-  for (size_t i = 0; i < step.seqs.size(); ++i) {
-    if (!step.chunks[i].want_logits) continue;
-    emit(*active_.at(step.seqs[i]->id), logits + int64_t(row++) * vocab);
+  size_t next_host_row = 0;
+  for (size_t r = 0; r < wanting.size(); ++r) {
+    Active& a = *wanting[r];
+    if (!sampled) {
+      const float* row = logits + int64_t(r) * vocab;
+      emit(a, a.sampler.sample(row, vocab), row);
+      continue;
+    }
+    const float* row = nullptr;
+    if (next_host_row < host_rows.size() && host_rows[next_host_row] == int(r))
+      row = device_logits_.data() + int64_t(next_host_row++) * vocab;
+    emit(a, {ids[r], row ? token_logprob(row, vocab, ids[r]) : 0.0f}, row);
   }
 }
 
-void ServingEngine::emit(Active& a, const float* logits) {
+void ServingEngine::emit(Active& a, SampledToken t, const float* logits) {
   const int vocab = model_.vocab_size();
   Sequence& seq = *a.seq;
-  SampledToken t = a.sampler.sample(logits, vocab);
   TokenEvent event{t.id, t.logprob, {}};
-  if (a.request.top_logprobs > 0)
+  if (a.request.top_logprobs > 0 && logits)
     event.top_logprobs = top_logprobs(logits, vocab, a.request.top_logprobs);
   a.stream->push(std::move(event));
   scheduler_.append(seq, t.id);

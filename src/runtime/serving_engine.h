@@ -18,6 +18,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -41,6 +42,16 @@ class StepModel {
   // host memory, valid until the next call.
   virtual const float* forward(const StepInput& step) = 0;
 
+  // Where the model samples on its device (GPU): runs the step and draws each logit row's token
+  // there, by rows[i], into ids; the logits of the rows listed in host_rows also come back (for
+  // logprobs), into host_logits [host_rows.size(), vocab]. Returns false, having done nothing,
+  // where the host samples instead (call forward).
+  virtual bool forward_sampled(const StepInput& /*step*/, std::span<const SampleRow> /*rows*/,
+                               std::span<const int> /*host_rows*/, std::vector<int32_t>& /*ids*/,
+                               std::vector<float>& /*host_logits*/) {
+    return false;
+  }
+
   // Expert parallelism: every rank, before every step of the group, with the tokens it runs;
   // returns the tokens of all ranks together. Alone: `tokens`.
   virtual int64_t begin_step(int64_t tokens) { return tokens; }
@@ -55,6 +66,9 @@ class EngineStepModel : public StepModel {
   explicit EngineStepModel(Engine& engine) : engine_(engine) {}
   int vocab_size() const override { return engine_.config().vocab_size; }
   const float* forward(const StepInput& step) override;
+  bool forward_sampled(const StepInput& step, std::span<const SampleRow> rows,
+                       std::span<const int> host_rows, std::vector<int32_t>& ids,
+                       std::vector<float>& host_logits) override;
   int64_t begin_step(int64_t tokens) override;
   void idle_step() override;
 
@@ -139,7 +153,9 @@ class ServingEngine {
   // Ends the requests that waited longer than max_queue_wait without starting.
   void drop_overdue();
   void run_step(const ScheduledStep& step);
-  void emit(Active& active, const float* logits);
+  // The step's token for a request, with its logits row where the host has it (nullptr: sampled
+  // on the device and no logprobs asked for).
+  void emit(Active& active, SampledToken token, const float* logits);
   // Ends a request. Its client hears of it from deliver_ends(), after the stats that no longer
   // count it are published: /metrics read right after a response agrees with it.
   void end(Active& active, RequestEnd end);
@@ -187,6 +203,7 @@ class ServingEngine {
   std::string failure_;                        // guarded by mutex_
   std::vector<std::pair<std::shared_ptr<RequestStream>, RequestEnd>> ended_;  // engine thread only
   int64_t generated_tokens_ = 0;
+  std::vector<float> device_logits_;  // logits rows the device sent back for logprobs
 
   mutable std::mutex stats_mutex_;
   ServingStats stats_;

@@ -332,6 +332,7 @@ void HttpServer::Impl::generate(const httplib::Request& req, httplib::Response& 
     g.sampling.top_p = fields.top_p;
     g.sampling.top_k = fields.top_k;
     g.sampling.seed = fields.seed ? *fields.seed : std::random_device{}();
+    g.logprobs = fields.logprobs;
     g.top_logprobs = fields.logprobs ? fields.top_logprobs : 0;
     g.ignore_eos = fields.ignore_eos;
 

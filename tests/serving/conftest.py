@@ -1,5 +1,6 @@
 """Fixtures for the serving tests: a model directory with a tokenizer, and `trident serve`
-started on a free loopback port (--port 0; the server prints the port it took)."""
+started on a free loopback port (--port 0; the server prints the port it took).
+$TRIDENT_SERVE_ARGS adds flags to every server (e.g. "--device cuda" on a GPU machine)."""
 
 import http.client
 import json
@@ -7,6 +8,7 @@ import os
 from json import dumps
 import queue
 import re
+import shlex
 import signal
 import subprocess
 import tempfile
@@ -80,7 +82,8 @@ class Server:
         # for each other at every op's barrier make each step many times slower.
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
         self.proc = subprocess.Popen(
-            [binary, "serve", "--model", str(model_dir), "--port", "0", *extra],
+            [binary, "serve", "--model", str(model_dir), "--port", "0",
+             *shlex.split(os.environ.get("TRIDENT_SERVE_ARGS", "")), *extra],
             stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
         first_line = queue.Queue()
         threading.Thread(target=lambda: first_line.put(self.proc.stdout.readline()),

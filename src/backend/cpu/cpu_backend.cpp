@@ -27,6 +27,9 @@ class CpuBackend final : public Backend {
   std::unique_ptr<Graph> capture_graph(const std::function<void()>&) override {
     fail("graphs are not supported by the CPU backend (supports_graphs() is false)");
   }
+  void sample(const Tensor&, std::span<const SampleRow>, Tensor&) override {
+    fail("the CPU backend samples on the host (runtime/sampler.h); samples_on_device() is false");
+  }
 
   void embedding(const Tensor& ids, const Tensor& table, Tensor& out) override {
     cpu::embedding(ids, table, out);

@@ -82,7 +82,8 @@ class CudaBackend final : public Backend {
   // Draws one token per row of logits [B, V] (f32 or bf16) into ids [B] i32 with each row's
   // parameters, as the CPU sampler's rules do (runtime/sampler.h), from a random stream keyed by
   // the row's seed at its step.
-  void sample(const Tensor& logits, std::span<const SampleRow> rows, Tensor& ids);
+  bool samples_on_device() const override { return true; }
+  void sample(const Tensor& logits, std::span<const SampleRow> rows, Tensor& ids) override;
 
   DeviceContext& context() { return ops_.device; }
 

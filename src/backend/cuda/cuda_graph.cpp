@@ -50,12 +50,12 @@ std::unique_ptr<Graph> capture_graph(DeviceContext& device, int workspace,
   CUgraph graph = nullptr;
   try {
     ops();
-  } catch (...) {
+  } catch (const std::exception& e) {
     // Ends the (now invalid) capture so the stream takes eager work again.
     cu().cuStreamEndCapture(device.stream(), &graph);
     if (graph) cu().cuGraphDestroy(graph);
     device.end_capture();
-    throw;
+    fail("{}: {}", where, e.what());
   }
   CUresult ended = cu().cuStreamEndCapture(device.stream(), &graph);
   device.end_capture();

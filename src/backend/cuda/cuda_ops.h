@@ -127,15 +127,11 @@ std::string moe_down(const OpContext& ctx, const MoeRoute& route, const ExpertTa
 void moe_combine(const OpContext& ctx, const MoeRoute& route, const Tensor& y,
                  const Tensor& topk_weights, Tensor& out);
 
-// Sampling (cuda_sampling.cpp): one row's parameters, as the CPU sampler's (runtime/sampler.h),
-// and the draws its sequence made before (the random stream's position).
-struct SampleRow {
-  float temperature = 0.0f;  // 0: greedy
-  int32_t top_k = 0;         // 0: no limit
-  float top_p = 1.0f;        // 1: no limit
-  uint64_t seed = 0;
-  int64_t step = 0;
-};
+// Expert load (cuda_expert_counts.cpp), as Backend's add_expert_counts.
+void add_expert_counts(const OpContext& ctx, const Tensor& topk_ids, Tensor& counts);
+
+// Sampling (cuda_sampling.cpp), each row by its parameters (backend.h).
+using SampleRow = trident::SampleRow;
 // ids[b] = the token drawn from logits row b ([B, V], f32 or bf16), ids i32 [B].
 void sample_tokens(const OpContext& ctx, const Tensor& logits, std::span<const SampleRow> rows,
                    Tensor& ids);
