@@ -16,14 +16,17 @@ CudaBackend::CudaBackend(int device_ordinal, double memory_fraction)
     : ops_{DeviceContext::get(device_ordinal), DeviceContext::get(device_ordinal).stream()} {
   if (memory_fraction <= 0) return;
   TRI_CHECK(memory_fraction <= 1.0, "GPU memory fraction {} must be in (0, 1]", memory_fraction);
+  // The fraction is this process's share of the device, as vLLM's gpu_memory_utilization is:
+  // two servers at 0.45 each fit on one GPU. It must be free when the process starts.
   auto [free_bytes, total_bytes] = ops_.device.device_free_total();
   const size_t ours = ops_.device.pool_usage().reserved;
-  const size_t others = total_bytes - free_bytes - std::min(ours, total_bytes - free_bytes);
-  const double want = memory_fraction * double(total_bytes) - double(others);
-  TRI_CHECK(want > 0,
-            "GPU memory fraction {} of CUDA device {} ({:.1f} GB) leaves nothing for Trident: "
-            "other processes use {:.1f} GB; raise --gpu-memory-fraction or free the GPU",
-            memory_fraction, device_ordinal, total_bytes / 1e9, others / 1e9);
+  const double want = memory_fraction * double(total_bytes);
+  const double available = double(free_bytes) + double(ours);
+  TRI_CHECK(want <= available,
+            "GPU memory fraction {} of CUDA device {} is {:.1f} GB, but only {:.1f} GB of its "
+            "{:.1f} GB are free (other processes use the rest); lower --gpu-memory-fraction or "
+            "free the GPU",
+            memory_fraction, device_ordinal, want / 1e9, available / 1e9, total_bytes / 1e9);
   ops_.device.reserve(size_t(want));
 }
 
