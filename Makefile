@@ -61,6 +61,8 @@ test-gpu: gpu-build
 	TRIDENT_CUDA_SYNC=1 $(GPU_BUILD)/trident_gpu_tests --gtest_output=xml:$(OUT)/gpu_tests.xml 2>&1 | tee $(OUT)/gpu_tests.log || status=1; \
 	{ for m in $(GPU_MODEL) $(GPU_MODEL)-fp8; do \
 	    $(GPU_BUILD)/trident generate --device cuda --model $$m --prompt "It is a truth universally acknowledged" -n 48 --stats && \
+	    $(GPU_BUILD)/trident generate --device cuda --model $$m --prompt "It is a truth universally acknowledged" -n 1000 --ignore-eos --stats > /dev/null && \
+	    $(GPU_BUILD)/trident generate --device cuda --model $$m --prompt "It is a truth universally acknowledged" -n 1000 --ignore-eos --stats --disable-cuda-graphs > /dev/null && \
 	    $(GPU_BUILD)/trident eval --device cuda --model $$m --text $(HELD_OUT) || exit 1; \
 	  done; } 2>&1 | tee $(OUT)/model.log || status=1; \
 	TRIDENT_BINARY=$(CURDIR)/$(GPU_BUILD)/trident TRIDENT_SERVE_ARGS="--device cuda --gpu-memory-fraction 0.3" \
