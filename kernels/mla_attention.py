@@ -11,8 +11,10 @@ mla_attention: program (head block, token, split). BLOCK_H heads of one token sh
 tile (the cache holds one latent for all heads), so the tensor cores see M = BLOCK_H. The
 token's context is cut into n_splits chunks of whole BLOCK_N tiles (flash-decoding); a tile never
 straddles a page. SPLIT=0 (one chunk) writes o_lat in bf16 [T, H, L]; SPLIT=1 writes each
-chunk's normalized f32 output [n_splits, T, H, L] and its log2-sum-exp [n_splits, T, H]
-(-inf for an empty chunk), which mla_combine merges into o_lat.
+chunk's normalized f32 output [n_splits, T, H, L] and its log2-sum-exp [n_splits, T, H], which
+mla_combine merges into o_lat. An empty chunk (a split past a short context) writes only its
+lse, -inf, and mla_combine skips it: a step whose splits were chosen for a longer context than
+it has (a CUDA graph sized for its bucket) pays for its empty splits little more than a launch.
 
 Latent and rope dims: the tuned variants (TUNED_DIMS) are compiled for their exact dims, which are
 the blocks KV_BLOCK and ROPE_BLOCK. Any other kv_lora_rank <= 512 and qk_rope_head_dim <= 64 (the
@@ -20,21 +22,11 @@ golden-test models' 64/16, 80/16, 80/32, ...) runs on a PADDED variant: blocks t
 two (at least 16, what a tensor-core product takes), the dims passed at run time (kv_lora, rope),
 columns past them loaded as zeros (they add nothing to scores or sums) and never stored.
 
-Hopper schedule options of the 64-head DeepSeek tile (8 warps, two warpgroups; tags EXCHANGE,
-PREFETCH):
-- PREFETCH = d > 0: at each tile, one thread asks the copy engine to bring the page d tiles ahead
-  into L2 (cp.async.bulk.prefetch.L2, 73728 contiguous bytes: a whole page is a whole tile). The
-  pipeliner issues a tile's copies into shared memory only after the previous tile's products (the
-  two 72 KB buffers and the 72 KB query fill shared memory), so without it each tile waits for
-  HBM; with it, for L2.
-- EXCHANGE = 1: the scores are computed once. Triton lays a product whose result feeds another
-  product (the scores feed P @ V) with all warps along M, and 64 heads are one warpgroup's M, so
-  both warpgroups would compute all scores. Here P and the rescale factors reach the value
-  product through `exchange_ptr` (a per-program scratch of two slots, written, a CTA barrier,
-  read back) instead of as values, so the score product is laid out [4, 2]: each warpgroup
-  computes 32 of the 64 positions. The barrier is inline PTX: tl.debug_barrier stops the loop
-  pipelining. The rope product is a separate dot added afterwards (accumulating one into the
-  other would chain them again).
+PREFETCH = d > 0 (DeepSeek's 64-head tile): at each tile, one thread asks the copy engine to bring
+the page d tiles ahead into L2 (cp.async.bulk.prefetch.L2 of 73728 contiguous bytes: a page is a
+tile). The pipeliner issues a tile's copies into shared memory only after the previous tile's
+products (two 72 KB buffers and the 72 KB query fill shared memory) and the next iteration waits
+for them at once, so the copies sit on the critical path; with the prefetch they come from L2.
 
 Precision: q_lat (an f32 product rounded to bf16 by mla_head_gemm), the keys and the
 probabilities enter the tensor cores as bf16; scores, softmax and sums are f32.
@@ -60,22 +52,15 @@ ATTENTION_TILES = {
     512: [(64, 64, 8, 2), (16, 64, 4, 2)],
     128: [(64, 64, 4, 2), (16, 64, 4, 2)],
 }
-# (EXCHANGE, PREFETCH) schedules compiled for the 64-head tile of the 512/64 latent, the first
-# the default (cuda_attention.cpp takes the first variant that matches).
-SCHEDULES_512 = [(0, 1), (1, 1), (0, 2), (1, 2), (0, 0), (1, 0)]
+# L2 prefetch distances (tiles ahead) compiled for the 64-head tile of the 512/64 latent, the
+# first the default (cuda_attention.cpp takes the first variant that matches); 0 is the reference
+# the benchmark compares with. Two tiles ahead measured 1% slower than one on an H200.
+PREFETCH_512 = [1, 0]
 
 
 def padded_block(dim):
     """The block a padded variant covers `dim` with (cuda_attention.cpp computes the same)."""
     return max(16, 1 << (dim - 1).bit_length())
-
-
-@triton.jit
-def _cta_barrier(token):
-    """bar.sync over the program's threads; returns `token` unchanged, so what is computed from
-    the result stays after the barrier, and stores before it are visible to every thread after."""
-    return tl.inline_asm_elementwise("bar.sync 0;\n\tmov.b32 $0, $1;", "=r,r", [token],
-                                     dtype=tl.int32, is_pure=False, pack=1)
 
 
 @triton.jit
@@ -91,11 +76,10 @@ def _prefetch_page_to_l2(page_ptr, wanted):
 
 @triton.jit
 def mla_attention(q_lat_ptr, q_ptr, cache_ptr, page_table_ptr, token_seq_ptr, positions_ptr,
-                  out_ptr, lse_ptr, exchange_ptr, n_heads, nope, kv_lora, rope, max_pages,
-                  n_splits, scale_log2, KV_BLOCK: tl.constexpr, ROPE_BLOCK: tl.constexpr,
+                  out_ptr, lse_ptr, n_heads, nope, kv_lora, rope, max_pages, n_splits,
+                  scale_log2, KV_BLOCK: tl.constexpr, ROPE_BLOCK: tl.constexpr,
                   PADDED: tl.constexpr, PAGE: tl.constexpr, BLOCK_H: tl.constexpr,
-                  BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, EXCHANGE: tl.constexpr,
-                  PREFETCH: tl.constexpr):
+                  BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, PREFETCH: tl.constexpr):
     # Tuned variants take their dims as constants (kv_lora and rope unused) and need no column
     # masks: their code is that of a kernel written for those dims alone.
     if PADDED:
@@ -123,9 +107,12 @@ def mla_attention(q_lat_ptr, q_ptr, cache_ptr, page_table_ptr, token_seq_ptr, po
         heads_c = in_heads[:, None]
         heads_r = in_heads[:, None]
     row_heads = t * n_heads + heads
-    q_lat = tl.load(q_lat_ptr + row_heads[:, None] * L + c[None, :], mask=heads_c, other=0.0)
-    q_rope = tl.load(q_ptr + row_heads[:, None] * (nope + R) + nope + r[None, :], mask=heads_r,
-                     other=0.0)
+    # An empty chunk reads no query either.
+    live = start < end
+    q_lat = tl.load(q_lat_ptr + row_heads[:, None] * L + c[None, :], mask=heads_c & live,
+                    other=0.0)
+    q_rope = tl.load(q_ptr + row_heads[:, None] * (nope + R) + nope + r[None, :],
+                     mask=heads_r & live, other=0.0)
 
     table = page_table_ptr + tl.load(token_seq_ptr + t).to(tl.int64) * max_pages
     n = tl.arange(0, BLOCK_N)
@@ -139,15 +126,6 @@ def mla_attention(q_lat_ptr, q_ptr, cache_ptr, page_table_ptr, token_seq_ptr, po
             jp = start + ahead * BLOCK_N
             page_p = tl.load(table + jp // PAGE, mask=jp < end, other=0).to(tl.int64)
             _prefetch_page_to_l2(cache_ptr + page_p * PAGE * (L + R), jp < end)
-    if EXCHANGE:
-        # Two slots per program, each P [BLOCK_H, BLOCK_N] bf16 then alpha [BLOCK_H] f32; tile i
-        # uses slot i % 2, so a slot is rewritten only after every thread has passed the barrier
-        # that follows its last read.
-        h = tl.arange(0, BLOCK_H)
-        slot_size: tl.constexpr = BLOCK_H * BLOCK_N + 2 * BLOCK_H
-        program = (split * n_tokens + t) * tl.num_programs(0) + tl.program_id(0)
-        exchange = exchange_ptr + program * (2 * slot_size)
-        slot = 0
     for j in range(start, end, BLOCK_N):
         if PREFETCH:
             jp = j + PREFETCH * BLOCK_N
@@ -164,41 +142,21 @@ def mla_attention(q_lat_ptr, q_ptr, cache_ptr, page_table_ptr, token_seq_ptr, po
             valid_r = valid[:, None]
         kv = tl.load(cache_ptr + rows[:, None] + c[None, :], mask=valid_c, other=0.0)
         k_rope = tl.load(cache_ptr + rows[:, None] + L + r[None, :], mask=valid_r, other=0.0)
-        if EXCHANGE:
-            s = (tl.dot(q_lat, tl.trans(kv)) * scale_log2 +
-                 tl.dot(q_rope, tl.trans(k_rope)) * scale_log2)
-            s = tl.where(valid[None, :], s, float("-inf"))
-        else:
-            s = tl.dot(q_lat, tl.trans(kv))
-            s = tl.dot(q_rope, tl.trans(k_rope), s)
-            s = tl.where(valid[None, :], s * scale_log2, float("-inf"))
+        s = tl.dot(q_lat, tl.trans(kv))
+        s = tl.dot(q_rope, tl.trans(k_rope), s)
+        s = tl.where(valid[None, :], s * scale_log2, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.math.exp2(m_i - m_new)
         p = tl.math.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
+        acc = tl.dot(p.to(kv.dtype), kv, acc * alpha[:, None])
         m_i = m_new
-        if EXCHANGE:
-            here = exchange + slot * slot_size
-            tl.store(here + h[:, None] * BLOCK_N + n[None, :], p.to(tl.bfloat16))
-            tl.store((here + BLOCK_H * BLOCK_N).to(tl.pointer_type(tl.float32)) + h, alpha)
-            here = exchange + _cta_barrier(slot) * slot_size
-            # The mask (positions past the context are zero in p anyway) leaves this load
-            # unaligned, so the pipeliner does not hoist it above the barrier.
-            p_x = tl.load(here + h[:, None] * BLOCK_N + n[None, :], mask=valid[None, :],
-                          other=0.0, cache_modifier=".cg")
-            alpha_x = tl.load((here + BLOCK_H * BLOCK_N).to(tl.pointer_type(tl.float32)) + h,
-                              cache_modifier=".cg")
-            acc = tl.dot(p_x, kv, acc * alpha_x[:, None])
-            slot = 1 - slot
-        else:
-            acc = tl.dot(p.to(kv.dtype), kv, acc * alpha[:, None])
 
-    # An empty chunk (split past a short context) has l_i = 0: it writes only lse = -inf, which
-    # mla_combine skips (so empty splits cost a launch slot, not a partial's bytes).
+    # An empty chunk has l_i = 0: it writes only lse = -inf, which mla_combine skips.
     o = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     if SPLIT:
         part = split * n_tokens * n_heads + row_heads
-        tl.store(out_ptr + part[:, None] * L + c[None, :], o, mask=heads_c & (start < end))
+        tl.store(out_ptr + part[:, None] * L + c[None, :], o, mask=heads_c & live)
         tl.store(lse_ptr + part, m_i + tl.math.log2(l_i), mask=in_heads)
     else:
         tl.store(out_ptr + row_heads[:, None] * L + c[None, :], o.to(out_ptr.dtype.element_ty),
@@ -239,35 +197,33 @@ def mla_combine(partial_ptr, lse_ptr, out_ptr, rows, n_splits, kv_lora, KV_BLOCK
 
 
 def _attention_variant(kv_block, rope_block, padded, block_h, block_n, warps, stages, split,
-                       exchange=0, prefetch=0):
+                       prefetch=0):
     signature = {"q_lat_ptr": "*bf16", "q_ptr": "*bf16", "cache_ptr": "*bf16",
                  "page_table_ptr": "*i32", "token_seq_ptr": "*i32", "positions_ptr": "*i32",
-                 "out_ptr": "*fp32" if split else "*bf16", "lse_ptr": "*fp32",
-                 "exchange_ptr": "*bf16", "n_heads": "i32", "nope": "i32", "kv_lora": "i32",
-                 "rope": "i32", "max_pages": "i32", "n_splits": "i32", "scale_log2": "fp32"}
+                 "out_ptr": "*fp32" if split else "*bf16", "lse_ptr": "*fp32", "n_heads": "i32",
+                 "nope": "i32", "kv_lora": "i32", "rope": "i32", "max_pages": "i32",
+                 "n_splits": "i32", "scale_log2": "fp32"}
     constexprs = {"KV_BLOCK": kv_block, "ROPE_BLOCK": rope_block, "PADDED": padded, "PAGE": PAGE,
-                  "BLOCK_H": block_h, "BLOCK_N": block_n, "SPLIT": split, "EXCHANGE": exchange,
-                  "PREFETCH": prefetch}
+                  "BLOCK_H": block_h, "BLOCK_N": block_n, "SPLIT": split, "PREFETCH": prefetch}
     signature.update({k: "constexpr" for k in constexprs})
     # Padded rows (L + R) need not be multiples of 16 elements: only the bases are aligned.
-    aligned = ("q_lat_ptr", "q_ptr", "cache_ptr", "out_ptr", "exchange_ptr") + (
-        () if padded else ("nope", ))
-    schedule = f"{'_x' if exchange else ''}{f'_pf{prefetch}' if prefetch else ''}"
+    aligned = ("q_lat_ptr", "q_ptr", "cache_ptr", "out_ptr") + (() if padded else ("nope", ))
     return Variant(name=f"{'pad' if padded else ''}l{kv_block}r{rope_block}_h{block_h}n{block_n}"
-                   f"_w{warps}s{stages}{schedule}{'_split' if split else ''}",
-                   signature=signature, constexprs=constexprs, num_warps=warps,
-                   num_stages=stages, divisible_by_16=aligned,
+                   f"_w{warps}s{stages}{f'_pf{prefetch}' if prefetch else ''}"
+                   f"{'_split' if split else ''}", signature=signature,
+                   constexprs=constexprs, num_warps=warps, num_stages=stages,
+                   divisible_by_16=aligned,
                    tags={"KV_BLOCK": kv_block, "ROPE_BLOCK": rope_block, "PADDED": padded,
                          "BLOCK_H": block_h, "BLOCK_N": block_n, "SPLIT": split,
-                         "EXCHANGE": exchange, "PREFETCH": prefetch})
+                         "PREFETCH": prefetch})
 
 
 def _tuned_variants(kv_lora, rope, split):
-    """A latent's tiles; the 64-head tile of the 512/64 latent in each of SCHEDULES_512."""
+    """A latent's tiles; the 64-head tile of the 512/64 latent at each of PREFETCH_512."""
     variants = []
     for tile in ATTENTION_TILES[kv_lora]:
-        schedules = SCHEDULES_512 if (kv_lora, rope, tile[0]) == (512, 64, 64) else [(0, 0)]
-        variants += [_attention_variant(kv_lora, rope, 0, *tile, split, *s) for s in schedules]
+        distances = PREFETCH_512 if (kv_lora, rope, tile[0]) == (512, 64, 64) else [0]
+        variants += [_attention_variant(kv_lora, rope, 0, *tile, split, d) for d in distances]
     return variants
 
 

@@ -25,20 +25,19 @@ import triton.language as tl
 import triton.runtime.interpreter as triton_interpreter
 
 
-def _inline_asm_as_identity(self, asm, constraints, values, ret_type, is_pure, pack):
-    """mla_attention's inline PTX is a CTA barrier that returns its operand, or an L2 prefetch
-    hint whose result is unused. The interpreter runs a program's threads in lockstep, so both
-    are the identity on their first operand."""
+def _inline_asm_as_no_op(self, asm, constraints, values, ret_type, is_pure, pack):
+    """mla_attention's only inline PTX is an L2 prefetch hint whose result is unused: under the
+    interpreter it does nothing."""
 
     class Call:
         def get_result(self, _):
-            return triton_interpreter.TensorHandle(
-                np.asarray(values[0].data).astype(np.int32), tl.int32)
+            return triton_interpreter.TensorHandle(np.zeros_like(values[0].data, np.int32),
+                                                   tl.int32)
 
     return Call()
 
 
-triton_interpreter.InterpreterBuilder.create_inline_asm = _inline_asm_as_identity
+triton_interpreter.InterpreterBuilder.create_inline_asm = _inline_asm_as_no_op
 
 PAGE = mla_attention.PAGE
 # tests/data/golden/*/config.json: (kv_lora_rank, qk_rope_head_dim, heads, qk_nope_head_dim,
@@ -235,14 +234,8 @@ def attention_ref(q, w_uk, w_uv, cache, positions, token_seq, table, nope, kv_lo
     return out.reshape(T, H * V)
 
 
-def exchange_buffer(programs, block_h, block_n):
-    """mla_attention's per-program scratch for EXCHANGE variants (two slots of P and alpha), as
-    cuda_attention.cpp allocates it, poisoned."""
-    return poisoned(programs * 2 * (block_h * block_n + 2 * block_h))
-
-
 def run_attention(q, w_uk, w_uv, cache, positions, token_seq, table, max_pages, nope, scale,
-                  n_splits, block_h, block_n, exchange=0, prefetch=0):
+                  n_splits, block_h, block_n, prefetch=0):
     """The CUDA op's sequence of launches (cuda_attention.cpp), under the interpreter."""
     T, H, qk = q.shape
     kv_lora = w_uk.shape[2]
@@ -258,21 +251,19 @@ def run_attention(q, w_uk, w_uv, cache, positions, token_seq, table, max_pages, 
     grid = (triton_cdiv(H, block_h), T, n_splits)
     scale_log2 = scale * math.log2(math.e)
     dims = latent_constexprs(kv_lora, rope)
-    schedule = {"EXCHANGE": exchange, "PREFETCH": prefetch}
-    scratch = exchange_buffer(math.prod(grid), block_h, block_n)
     if n_splits == 1:
         mla_attention.mla_attention[grid](q_lat, q, cache, table, token_seq, positions, o_lat,
-                                          o_lat, scratch, H, nope, kv_lora, rope, max_pages, 1,
-                                          scale_log2, PAGE=PAGE, BLOCK_H=block_h, BLOCK_N=block_n,
-                                          SPLIT=0, **dims, **schedule)
+                                          o_lat, H, nope, kv_lora, rope, max_pages, 1, scale_log2,
+                                          PAGE=PAGE, BLOCK_H=block_h, BLOCK_N=block_n, SPLIT=0,
+                                          PREFETCH=prefetch, **dims)
     else:
         # Partials poisoned: an empty split writes none, and the combine must not read them.
         partial, partial_guard = guarded(n_splits, T, H, kv_lora, dtype=torch.float32)
         lse = poisoned(n_splits, T, H, dtype=torch.float32)
         mla_attention.mla_attention[grid](q_lat, q, cache, table, token_seq, positions, partial,
-                                          lse, scratch, H, nope, kv_lora, rope, max_pages,
-                                          n_splits, scale_log2, PAGE=PAGE, BLOCK_H=block_h,
-                                          BLOCK_N=block_n, SPLIT=1, **dims, **schedule)
+                                          lse, H, nope, kv_lora, rope, max_pages, n_splits,
+                                          scale_log2, PAGE=PAGE, BLOCK_H=block_h, BLOCK_N=block_n,
+                                          SPLIT=1, PREFETCH=prefetch, **dims)
         mla_attention.mla_combine[(T * H, )](partial, lse, o_lat, T * H, n_splits, kv_lora,
                                              KV_BLOCK=dims["KV_BLOCK"], PADDED=dims["PADDED"])
         assert torch.isnan(partial_guard).all(), "partial outputs written past their end"
@@ -284,8 +275,7 @@ def run_attention(q, w_uk, w_uv, cache, positions, token_seq, table, max_pages, 
     return out
 
 
-def check_attention(kv_lora, rope, H, nope, V, seqs, n_splits, block_h, block_n=64, exchange=0,
-                    prefetch=0):
+def check_attention(kv_lora, rope, H, nope, V, seqs, n_splits, block_h, block_n=64, prefetch=0):
     n_pages = sum(triton_cdiv(ctx, PAGE) for ctx, _ in seqs) + 2
     positions, token_seq, table, max_pages = make_step(seqs, n_pages)
     T = len(positions)
@@ -303,12 +293,12 @@ def check_attention(kv_lora, rope, H, nope, V, seqs, n_splits, block_h, block_n=
     w_uv = (torch.randn(H, V, kv_lora) / math.sqrt(kv_lora)).to(torch.bfloat16)
     scale = 1.0 / math.sqrt(nope + rope)
     got = run_attention(q, w_uk, w_uv, cache, positions, token_seq, table, max_pages, nope, scale,
-                        n_splits, block_h, block_n, exchange, prefetch)
+                        n_splits, block_h, block_n, prefetch)
     want = attention_ref(q, w_uk, w_uv, cache, positions, token_seq, table, nope, kv_lora, scale)
     assert not torch.isnan(got.float()).any()
     err = rel_l2(got, want)
     print(f"  L={kv_lora} R={rope} H={H} seqs={seqs} splits={n_splits} tile {block_h}x{block_n} "
-          f"exchange {exchange} prefetch {prefetch}: rel_l2 {err:.2e}")
+          f"prefetch {prefetch}: rel_l2 {err:.2e}")
     return err
 
 
@@ -342,16 +332,15 @@ def test_attention_long_decode_many_splits_wide_head_block():
     assert worst < 1e-2, worst
 
 
-def test_attention_deepseek_tile_schedules():
-    # The 64-head tile of DeepSeek's 512/64 latent in every compiled schedule: scores exchanged
-    # through the scratch (two slots, reused across tiles), pages prefetched ahead (past the end
-    # of a context too); a split past a short context is empty.
+def test_attention_deepseek_tile_prefetch_distances():
+    # The 64-head tile of DeepSeek's 512/64 latent at every compiled prefetch distance (pages
+    # ahead of a context's end are not prefetched); a split past a short context is empty.
     seqs = [(200, 1), (64, 1), (1, 1), (130, 2)]
     worst = 0
-    for exchange, prefetch in mla_attention.SCHEDULES_512:
+    for prefetch in mla_attention.PREFETCH_512:
         for splits in (1, 3):
             worst = max(worst, check_attention(512, 64, 70, 32, 32, seqs, splits, 64, 64,
-                                               exchange, prefetch))
+                                               prefetch))
     assert worst < 1e-2, worst
 
 

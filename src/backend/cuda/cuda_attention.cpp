@@ -245,23 +245,14 @@ MlaChoice mla_attention(const OpContext& ctx, const Tensor& q, const MlaWeights&
   splits = std::clamp(splits, 1, 65535);
   const float scale_log2 = p.softmax_scale * std::numbers::log2e_v<float>;
   const Launch attend{ctx.device, ctx.stream, {unsigned(head_blocks), unsigned(T), unsigned(splits)}};
-  // EXCHANGE variants pass each tile's probabilities and rescale factors between their two
-  // warpgroups through two slots per program of P [BLOCK_H, BLOCK_N] (bf16) and alpha [BLOCK_H]
-  // (f32, two bf16 places each): kernels/mla_attention.py.
-  Tensor exchange;
-  if (direct->tag("EXCHANGE")) {
-    const int64_t slot = int64_t(block_h) * direct->tag("BLOCK_N") + 2 * block_h;
-    exchange = device_tensor(ctx.device, DType::BF16, {head_blocks * T * splits, 2 * slot});
-  }
-  const CUdeviceptr exchange_ptr = exchange.defined() ? device_ptr(exchange) : CUdeviceptr(0);
 
   Tensor o_lat = device_tensor(ctx.device, DType::BF16, {T, H, L});
   if (splits == 1) {
     kernels::mla_attention(attend, *direct, device_ptr(q_lat), device_ptr(q),
                            device_ptr(cache.pages), device_ptr(meta.page_table),
                            device_ptr(meta.token_seq), device_ptr(meta.positions),
-                           device_ptr(o_lat), device_ptr(o_lat), exchange_ptr, H, int32_t(nope),
-                           int32_t(L), int32_t(R), meta.max_pages_per_seq, 1, scale_log2);
+                           device_ptr(o_lat), device_ptr(o_lat), H, int32_t(nope), int32_t(L),
+                           int32_t(R), meta.max_pages_per_seq, 1, scale_log2);
   } else {
     const KernelVariant& partial =
         find_variant("mla_attention", arch, std::string(direct->name) + "_split");
@@ -270,9 +261,8 @@ MlaChoice mla_attention(const OpContext& ctx, const Tensor& q, const MlaWeights&
     kernels::mla_attention(attend, partial, device_ptr(q_lat), device_ptr(q),
                            device_ptr(cache.pages), device_ptr(meta.page_table),
                            device_ptr(meta.token_seq), device_ptr(meta.positions),
-                           device_ptr(partial_out), device_ptr(lse), exchange_ptr, H,
-                           int32_t(nope), int32_t(L), int32_t(R), meta.max_pages_per_seq, splits,
-                           scale_log2);
+                           device_ptr(partial_out), device_ptr(lse), H, int32_t(nope),
+                           int32_t(L), int32_t(R), meta.max_pages_per_seq, splits, scale_log2);
     const KernelVariant& combine = select_variant(
         "mla_combine", arch, {{"KV_BLOCK", blocks.kv_block}, {"PADDED", blocks.padded}});
     const int64_t rows = int64_t(T) * H;
