@@ -67,20 +67,6 @@ TEST(ExpertPlacement, CopiesElsewhereTakeTurnsByToken) {
   EXPECT_EQ(used[2], 5);
 }
 
-TEST(ExpertPlacement, BalancedCopiesTheHottestExpertAndEvensTheLoad) {
-  std::vector<double> load = {100, 10, 10, 10, 10, 10, 10, 10};
-  ExpertPlacement p = ExpertPlacement::balanced(load, 2, 2);
-  EXPECT_EQ(p.ranks_of(0).size(), 2u);  // the hot expert got the first extra copy
-  for (auto [e, n] : copies(p)) EXPECT_LE(n, 2) << "expert " << e;
-  std::vector<double> rank_load(2, 0.0);
-  for (int r = 0; r < 2; ++r) {
-    EXPECT_EQ(p.experts_of(r).size(), 5u);
-    for (int e : p.experts_of(r)) rank_load[r] += load[e] / double(p.ranks_of(e).size());
-  }
-  // Contiguous blocks would put 130 on one rank and 40 on the other.
-  EXPECT_LT(std::max(rank_load[0], rank_load[1]), 100.0);
-}
-
 TEST(ExpertPlacement, RefusesAnExpertOnNoRankOrTwiceOnOne) {
   EXPECT_THROW(ExpertPlacement::from_ranks(3, {{0}, {1}}), Error);
   EXPECT_THROW(ExpertPlacement::from_ranks(2, {{0, 0, 1}}), Error);

@@ -193,6 +193,10 @@ class Backend {
   // out[t] = sum_j topk_weights[t, j] * expert_{topk_ids[t, j]}(x[t]) over the experts held here.
   virtual void moe_experts(const Tensor& x, const Tensor& topk_ids, const Tensor& topk_weights,
                            const ExpertWeights& experts, Tensor& out) = 0;
+  // Expert load: counts [E] i64 += how many of topk_ids (i32, any shape) name each expert; ids
+  // outside [0, E) are not counted. Accumulates in place without waiting for the device, so it
+  // may run inside a graph.
+  virtual void add_expert_counts(const Tensor& topk_ids, Tensor& counts) = 0;
 };
 
 std::unique_ptr<Backend> make_cpu_backend();

@@ -68,6 +68,7 @@ void generate_text(const GenerateArgs& a, const EngineOptions& eo) {
   if (a.stats)
     spdlog::info("{} prompt tokens, {} new tokens in {:.2f} s ({:.1f} tok/s), finish: {}",
                  prompt.size(), r.tokens.size(), s, r.tokens.size() / s, r.finish_reason);
+  engine.expert_load().finish();
   if (ExpertParallel* ep = engine.expert_parallel()) ep->finish();
 }
 
@@ -80,6 +81,8 @@ void run_generate(const GenerateArgs& a) {
   eo.gpu_memory_fraction = a.gpu_memory_fraction;
   eo.decode_graph_max_batch = a.disable_cuda_graphs ? 0 : 1;
   eo.show_progress = true;
+  eo.expert_placement = a.parallel.expert_placement;
+  eo.eplb = a.parallel.eplb();
   if (!ranks) {
     generate_text(a, eo);
     return;
@@ -96,6 +99,7 @@ void run_generate(const GenerateArgs& a) {
     } else {
       Engine engine(eo);
       engine.follow_other_ranks();
+      engine.expert_load().finish();
       engine.expert_parallel()->finish();
     }
   } catch (const std::exception& e) {

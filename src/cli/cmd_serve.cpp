@@ -12,6 +12,7 @@
 #include <memory>
 #include <thread>
 
+#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
 #include "cli/commands.h"
@@ -109,6 +110,8 @@ void serve(const ServeArgs& a, const sigset_t& stop_signals, RankGroup* ranks) {
                               : a.cuda_graph_max_batch < 0 ? a.max_running
                                                            : a.cuda_graph_max_batch;
   eo.show_progress = true;
+  eo.expert_placement = a.parallel.expert_placement;
+  eo.eplb = a.parallel.eplb();
   // The pool holds every request's pages. On one GPU the memory plan gives it what the weights
   // and a step's workspace leave; elsewhere it has 256 pages (16k tokens), or one full context if
   // that is more (the context as EngineOptions::max_context picks it).
@@ -149,10 +152,13 @@ void serve(const ServeArgs& a, const sigset_t& stop_signals, RankGroup* ranks) {
   if (ranks && ranks->info().rank != 0) {
     // Serves what rank 0 gives it until rank 0 stops the group.
     serving.join();
+    engine.expert_load().finish();
     engine.expert_parallel()->finish();
     return;
   }
   ServerMetrics metrics;
+  ExpertLoadBalancer& expert_load = engine.expert_load();
+  metrics.set_expert_load([&expert_load] { return expert_load.summary(); });
   StatsLog stats_log(serving, std::chrono::duration<double>(a.log_stats_s));
   HttpServerOptions ho;
   ho.host = a.host;
@@ -161,6 +167,8 @@ void serve(const ServeArgs& a, const sigset_t& stop_signals, RankGroup* ranks) {
   ho.model_name = a.served_model_name.empty() ? model_name_of(a.model) : a.served_model_name;
   ho.max_body_bytes = a.max_body_bytes;
   ho.max_tokens_limit = a.max_tokens_limit;
+  ho.expert_load_json = [&expert_load] { return expert_load.totals().to_json().dump(); };
+  ho.rebalance_experts = [&expert_load] { return expert_load.request_rebalance(); };
   HttpServer http(serving, tokenizer, chat.get(), engine.config().vocab_size, metrics, ho);
   const int port = http.bind();
 
@@ -188,6 +196,7 @@ void serve(const ServeArgs& a, const sigset_t& stop_signals, RankGroup* ranks) {
   // Stopped by a signal, or the server gave up on its own: the stopper ends the engine either way.
   if (!stopping.exchange(true)) pthread_kill(stopper.native_handle(), SIGTERM);
   stopper.join();
+  engine.expert_load().finish();
   if (ranks) engine.expert_parallel()->finish();
 }
 

@@ -9,5 +9,6 @@ void register_generate(CLI::App& app);
 void register_serve(CLI::App& app);
 void register_bench_serve(CLI::App& app);
 void register_eval(CLI::App& app);
+void register_eplb(CLI::App& app);
 
 }  // namespace trident::cli

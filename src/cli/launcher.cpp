@@ -96,6 +96,14 @@ ExpertParallelOptions ParallelArgs::options() const {
   return o;
 }
 
+EplbOptions ParallelArgs::eplb() const {
+  EplbOptions o;
+  o.interval = eplb_interval;
+  o.n_nodes = eplb_nodes;
+  o.load_file = expert_load_file;
+  return o;
+}
+
 void add_parallel_options(CLI::App& command, ParallelArgs& args) {
   command
       .add_option("--ep", args.ep,
@@ -135,6 +143,24 @@ void add_parallel_options(CLI::App& command, ParallelArgs& args) {
       .add_option("--ep-redundant-experts", args.redundant_experts,
                   "Extra expert copies in all (a multiple of the rank count), spread over ranks")
       ->check(CLI::NonNegativeNumber);
+  command
+      .add_option("--expert-placement", args.expert_placement,
+                  "Start with the experts where this placement file (trident eplb) puts them; "
+                  "each rank loads only the experts its slots hold")
+      ->check(CLI::ExistingFile);
+  command
+      .add_option("--eplb-interval", args.eplb_interval,
+                  "With --ep: every N steps, move experts (with their redundant copies) to even "
+                  "out the ranks' load over those steps, without a restart (0: never)")
+      ->check(CLI::NonNegativeNumber);
+  command
+      .add_option("--eplb-nodes", args.eplb_nodes,
+                  "Hosts the ranks span: expert groups are kept within hosts when they divide "
+                  "evenly (hierarchical placement)")
+      ->check(CLI::PositiveNumber);
+  command.add_option("--expert-load-file", args.expert_load_file,
+                     "At the end, write how many tokens each routed expert of each layer was "
+                     "given (JSON, the input of trident eplb)");
 }
 
 std::unique_ptr<RankGroup> start_ranks(const ParallelArgs& args, const std::string& device) {

@@ -7,6 +7,7 @@
 #include <memory>
 #include <string>
 
+#include "parallel/expert_load_balancer.h"
 #include "parallel/expert_parallel.h"
 #include "parallel/rank_group.h"
 
@@ -21,8 +22,15 @@ struct ParallelArgs {
   std::string dispatch = "auto";
   std::string payload = "auto";
   int redundant_experts = 0;
+  std::string expert_placement;  // a placement file (trident eplb); empty: contiguous
+  // The expert load balancer: rebalance every N steps, the nodes the ranks span, and the file
+  // the counts go to at the end.
+  int eplb_interval = 0;
+  int eplb_nodes = 1;
+  std::string expert_load_file;
 
   ExpertParallelOptions options() const;
+  EplbOptions eplb() const;
 };
 
 void add_parallel_options(CLI::App& command, ParallelArgs& args);

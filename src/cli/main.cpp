@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   trident::cli::register_serve(app);
   trident::cli::register_bench_serve(app);
   trident::cli::register_eval(app);
+  trident::cli::register_eplb(app);
 
   try {
     app.parse(argc, argv);

@@ -120,6 +120,10 @@ Tensor DeepseekV3::moe(int layer, const MoeWeights& w, const Tensor& h) {
   Tensor ids = backend_.alloc(DType::I32, {T, gate_.top_k});
   Tensor weights = backend_.alloc(DType::F32, {T, gate_.top_k});
   backend_.moe_gate(logits, w.router_bias, gate_, ids, weights);
+  if (expert_counts_.defined()) {
+    Tensor row = expert_counts_.rows(layer, layer + 1).reshape({config_.n_routed_experts});
+    backend_.add_expert_counts(ids, row);
+  }
   Tensor out = backend_.alloc(backend_.activation_dtype(), {T, config_.hidden_size});
   if (experts_hook_)
     experts_hook_->moe_experts(layer, h, ids, weights, w.experts, out);

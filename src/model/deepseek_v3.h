@@ -37,6 +37,12 @@ class DeepseekV3 {
 
   // Expert parallelism: routed experts run through `hook` (null, the default: all are here).
   void set_routed_experts_hook(RoutedExpertsHook* hook) { experts_hook_ = hook; }
+  // Expert load: every MoE layer adds its gate's choices to row `layer` of `counts` (i64
+  // [layers, routed experts], backend memory; undefined, the default: nothing is counted).
+  void set_expert_counts(Tensor counts) { expert_counts_ = std::move(counts); }
+  // The routed experts of MoE layer `layer` held here, which the expert load balancer replaces
+  // between steps.
+  ExpertWeights& routed_experts(int layer) { return weights_.layers.at(layer).moe.experts; }
   // A step of a rank with no tokens while other ranks have some: it still takes part in every
   // MoE layer's exchange, serving its experts to the others.
   void idle_step();
@@ -56,6 +62,7 @@ class DeepseekV3 {
   MlaParams mla_;
   GateParams gate_;
   RoutedExpertsHook* experts_hook_ = nullptr;
+  Tensor expert_counts_;
 };
 
 }  // namespace trident

@@ -208,4 +208,17 @@ ModelWeights load_weights(const Checkpoint& ckpt, const ModelConfig& c, Backend&
   return m;
 }
 
+MlpWeights load_routed_expert(const Checkpoint& ckpt, const ModelConfig& c, Backend& backend,
+                              int layer, int expert) {
+  TRI_CHECK(layer >= 0 && layer < c.num_hidden_layers && c.is_moe_layer(layer),
+            "layer {} is not a MoE layer of this model ({} layers, the first {} dense)", layer,
+            c.num_hidden_layers, c.first_k_dense_replace);
+  TRI_CHECK(expert >= 0 && expert < c.n_routed_experts,
+            "routed expert {} is outside the model's {} experts", expert, c.n_routed_experts);
+  const LoadOptions none;
+  Loader ld(ckpt, backend, none);
+  return load_mlp(ld, fmt::format("model.layers.{}.mlp.experts.{}", layer, expert), c.hidden_size,
+                  c.moe_intermediate_size);
+}
+
 }  // namespace trident

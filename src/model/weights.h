@@ -59,4 +59,9 @@ struct LoadOptions {
 ModelWeights load_weights(const Checkpoint& ckpt, const ModelConfig& config, Backend& backend,
                           const LoadOptions& options = {});
 
+// One routed expert of one MoE layer (gate, up and down projections), checked as load_weights
+// checks it: what a rank loads when the expert load balancer gives it an expert it lacked.
+MlpWeights load_routed_expert(const Checkpoint& ckpt, const ModelConfig& config, Backend& backend,
+                              int layer, int expert);
+
 }  // namespace trident

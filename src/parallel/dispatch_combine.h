@@ -73,6 +73,10 @@ class DispatchCombine {
   // Throws RankFailure naming a peer that missed a deadline in an exchange since the last call,
   // for modes whose waits run on the GPU and so cannot throw where they happen.
   virtual void check_peers(std::string_view what) {}
+
+  // The placements passed to dispatch so far are gone (the experts moved): whatever was kept of
+  // them, such as their maps on the GPU, must be dropped.
+  virtual void forget_placements() {}
 };
 
 constexpr int elsewhere_id(int n_experts) { return n_experts; }

@@ -18,6 +18,7 @@ namespace {
 struct StepReport {
   int64_t tokens;
   int64_t has_work;
+  int64_t rebalance;  // this rank was asked to rebalance the experts
 };
 
 }  // namespace
@@ -65,15 +66,16 @@ ExpertParallel::ExpertParallel(Communicator& comm, Backend& backend, const Model
 }
 
 StepPlan ExpertParallel::begin_step(int64_t tokens, bool has_work) {
-  const StepReport mine{tokens, has_work ? 1 : 0};
+  const StepReport mine{tokens, has_work ? 1 : 0, rebalance_requested_.exchange(false) ? 1 : 0};
   std::vector<StepReport> all(comm_.size());
   comm_.all_gather(&mine, sizeof(mine), all.data(), fmt::format("start of step {}", step_++));
   StepPlan plan;
-  bool any_work = false;
+  bool any_work = false, rebalance = false;
   for (const StepReport& r : all) {
     plan.total_tokens += r.tokens;
     plan.max_tokens = std::max(plan.max_tokens, r.tokens);
     any_work |= r.has_work != 0;
+    rebalance |= r.rebalance != 0;
   }
   plan.stop = !any_work;
   plan.mode = choose_dispatch_mode(options_.dispatch, plan.max_tokens,
@@ -83,7 +85,21 @@ StepPlan ExpertParallel::begin_step(int64_t tokens, bool has_work) {
   // The GPU exchanges report a peer that missed a deadline here, between steps, rather than
   // waiting on the device after every layer.
   if (low_latency_) low_latency_->check_peers(fmt::format("step {}", step_ - 1));
+  if (!plan.stop && between_steps_) between_steps_(step_ - 1, rebalance);
   return plan;
+}
+
+void ExpertParallel::set_placements(std::vector<ExpertPlacement> placements) {
+  TRI_CHECK(placements.size() == placements_.size(),
+            "expert parallelism: {} new placements for {} layers", placements.size(),
+            placements_.size());
+  for (const ExpertPlacement& p : placements)
+    TRI_CHECK(p.n_ranks() == comm_.size() && p.n_experts() == dispatch_config_.n_experts,
+              "expert placement over {} ranks of {} experts does not fit {} ranks and {} experts",
+              p.n_ranks(), p.n_experts(), comm_.size(), dispatch_config_.n_experts);
+  placements_ = std::move(placements);
+  normal_->forget_placements();
+  if (low_latency_) low_latency_->forget_placements();
 }
 
 void ExpertParallel::wait_for_ranks_loaded() {

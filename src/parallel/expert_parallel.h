@@ -7,7 +7,9 @@
 // (DeepseekV3::idle_step), all ranks pick the same dispatch mode, and all stop together.
 #pragma once
 
+#include <atomic>
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -57,7 +59,12 @@ class ExpertParallel final : public RoutedExpertsHook {
 
   int rank() const { return comm_.rank(); }
   int size() const { return comm_.size(); }
+  Communicator& comm() { return comm_; }
   const ExpertPlacement& placement(int layer) const { return placements_.at(layer); }
+  const std::vector<ExpertPlacement>& placements() const { return placements_; }
+  // Every rank, between the same two steps, with the same placements (the expert load
+  // balancer), once each rank holds the experts they give it: the next step dispatches by them.
+  void set_placements(std::vector<ExpertPlacement> placements);
   bool fp8_payload() const { return dispatch_config_.fp8_payload; }
   bool has_low_latency() const { return low_latency_ != nullptr; }
   // Tokens dispatched to this rank's experts so far by normal-mode exchanges, from all ranks.
@@ -75,6 +82,14 @@ class ExpertParallel final : public RoutedExpertsHook {
   // Every rank, before every step: `tokens` it runs in this step and whether it has work left.
   // The group stops when no rank has work left.
   StepPlan begin_step(int64_t tokens, bool has_work);
+  // Called by begin_step on every rank at the same point, when the group goes on to a step:
+  // `step` counts from 0, `rebalance_requested` is whether any rank asked (request_rebalance)
+  // since the last step. The expert load balancer works here.
+  void set_between_steps(std::function<void(int64_t step, bool rebalance_requested)> hook) {
+    between_steps_ = std::move(hook);
+  }
+  // Any thread: the group rebalances its experts between the next two steps.
+  void request_rebalance() { rebalance_requested_ = true; }
   // The last collective of a run, so no rank finalizes while another still waits for it.
   void finish();
 
@@ -94,6 +109,8 @@ class ExpertParallel final : public RoutedExpertsHook {
   int64_t step_ = 0;
   int64_t tokens_received_ = 0;
   int64_t exchanges_ = 0;
+  std::function<void(int64_t, bool)> between_steps_;
+  std::atomic<bool> rebalance_requested_{false};
 };
 
 }  // namespace trident

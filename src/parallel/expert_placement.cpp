@@ -1,7 +1,6 @@
 #include "parallel/expert_placement.h"
 
 #include <algorithm>
-#include <numeric>
 
 #include "core/error.h"
 
@@ -41,50 +40,6 @@ ExpertPlacement ExpertPlacement::contiguous(int n_experts, int n_ranks, int redu
     for (int i = 1; i <= redundant / n_ranks; ++i) ranks[r].push_back((after + i) % n_experts);
   }
   return from_ranks(n_experts, std::move(ranks));
-}
-
-ExpertPlacement ExpertPlacement::balanced(const std::vector<double>& load, int n_ranks,
-                                          int redundant) {
-  const int E = int(load.size());
-  check_sizes(E, n_ranks, redundant);
-  std::vector<int> copies(E, 1);
-  for (int i = 0; i < redundant; ++i) {
-    int best = -1;
-    for (int e = 0; e < E; ++e)
-      if (copies[e] < n_ranks && (best < 0 || load[e] / copies[e] > load[best] / copies[best]))
-        best = e;
-    copies[best]++;
-  }
-  // Experts with several copies first, so their copies still find distinct ranks; then heaviest
-  // first within each kind.
-  std::vector<int> order(E);
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](int a, int b) {
-    if ((copies[a] > 1) != (copies[b] > 1)) return copies[a] > 1;
-    return load[a] / copies[a] > load[b] / copies[b];
-  });
-  const int slots = (E + redundant) / n_ranks;
-  std::vector<std::vector<int>> ranks(n_ranks);
-  std::vector<double> rank_load(n_ranks, 0.0);
-  for (int e : order) {
-    for (int c = 0; c < copies[e]; ++c) {
-      int best = -1;
-      for (int r = 0; r < n_ranks; ++r) {
-        bool fits = int(ranks[r].size()) < slots &&
-                    std::find(ranks[r].begin(), ranks[r].end(), e) == ranks[r].end();
-        if (fits && (best < 0 || rank_load[r] < rank_load[best])) best = r;
-      }
-      TRI_CHECK(best >= 0,
-                "cannot place copy {} of expert {} on {} ranks of {} slots: every rank with a "
-                "free slot holds it already; use fewer redundant experts",
-                c + 1, e, n_ranks, slots);
-      ranks[best].push_back(e);
-      rank_load[best] += load[e] / copies[e];
-    }
-  }
-  // Slots in expert order: a rank's experts then load as a checkpoint lists them.
-  for (auto& r : ranks) std::sort(r.begin(), r.end());
-  return from_ranks(E, std::move(ranks));
 }
 
 ExpertPlacement ExpertPlacement::from_ranks(int n_experts,

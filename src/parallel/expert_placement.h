@@ -1,6 +1,7 @@
 // Where the routed experts of one MoE layer live: each logical expert (the gate's expert id) has
 // one or more physical copies, each on a different rank. Redundant copies of busy experts spread
-// their tokens over several ranks, as DeepSeek's expert-parallel load balancer does.
+// their tokens over several ranks, as DeepSeek's expert-parallel load balancer does
+// (placement_policy.h plans them from the experts' load).
 #pragma once
 
 #include <cstdint>
@@ -24,10 +25,7 @@ class ExpertPlacement {
   // `redundant` must be a multiple of the rank count so every rank has as many slots.
   static ExpertPlacement contiguous(int n_experts, int n_ranks, int redundant = 0);
 
-  // Redundant copies go to the experts with the highest load per copy (`load[e]`: tokens routed
-  // to expert e lately), and copies are packed onto ranks, heaviest first, each to the rank with
-  // the least load so far that has a free slot and no copy of that expert yet.
-  static ExpertPlacement balanced(const std::vector<double>& load, int n_ranks, int redundant);
+  // Placements planned from the experts' load: placement_policy.h.
 
   // From the experts each rank holds; every expert must be somewhere, at most once per rank.
   static ExpertPlacement from_ranks(int n_experts, std::vector<std::vector<int>> experts_of_rank);

@@ -6,6 +6,7 @@
 #include <spdlog/spdlog.h>
 
 #include "core/error.h"
+#include "parallel/placement_file.h"
 #include "runtime/step_builder.h"
 #ifdef TRIDENT_CUDA
 #include "backend/cuda/cuda_backend.h"
@@ -55,7 +56,8 @@ Engine::Engine(const EngineOptions& options)
   if (options.ranks) {
     ep_ = std::make_unique<ExpertParallel>(
         *options.ranks, *backend_, config,
-        contiguous_placements(config, options.ranks->size(), options.redundant_experts),
+        initial_placements(config, options.ranks->size(), options.redundant_experts,
+                           options.expert_placement),
         options.expert_parallel);
     load.holds_expert = [ep = ep_.get()](int layer, int expert) {
       return ep->holds_expert(layer, expert);
@@ -73,6 +75,12 @@ Engine::Engine(const EngineOptions& options)
   model_ = std::make_unique<DeepseekV3>(std::move(config), std::move(weights), *backend_);
   model_->set_routed_experts_hook(ep_.get());
   if (ep_) ep_->wait_for_ranks_loaded();
+  expert_load_ = std::make_unique<ExpertLoadBalancer>(
+      *model_, *backend_, ep_.get(),
+      [this](int layer, int expert) {
+        return load_routed_expert(checkpoint_, model_->config(), *backend_, layer, expert);
+      },
+      options.eplb);
   const int graph_batch = options.decode_graph_max_batch;
   TRI_CHECK(graph_batch >= 0, "decode_graph_max_batch must be 0 or more, got {}", graph_batch);
   bool graphs = graph_batch > 0 && backend_->supports_graphs();
@@ -100,6 +108,8 @@ Engine::Engine(const EngineOptions& options)
   if (graphs)
     graphs_ = std::make_unique<DecodeGraphs>(
         *model_, cache_, DecodeGraphOptions{graph_batch, max_context_, pages});
+  // Trial steps and captures above are no one's load.
+  expert_load_->forget_counts();
 }
 
 int Engine::plan_kv_pages(int step_tokens, int64_t graph_workspace) {
@@ -212,11 +222,11 @@ GenerateResult Engine::generate(const std::vector<int32_t>& prompt, const Genera
 }
 
 Tensor Engine::forward(const StepInput& host_step) {
-  if (graphs_) {
-    Tensor logits = graphs_->run(host_step);
-    if (logits.defined()) return logits;
-  }
-  return model_->forward(upload_step(*backend_, host_step), cache_);
+  Tensor logits;
+  if (graphs_) logits = graphs_->run(host_step);
+  if (!logits.defined()) logits = model_->forward(upload_step(*backend_, host_step), cache_);
+  expert_load_->after_step();
+  return logits;
 }
 
 void Engine::follow_other_ranks() {

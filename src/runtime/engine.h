@@ -13,6 +13,7 @@
 #include "cache/kv_page_pool.h"
 #include "model/checkpoint.h"
 #include "model/deepseek_v3.h"
+#include "parallel/expert_load_balancer.h"
 #include "parallel/expert_parallel.h"
 #include "runtime/decode_graphs.h"
 #include "runtime/sampler.h"
@@ -42,6 +43,11 @@ struct EngineOptions {
   Communicator* ranks = nullptr;
   ExpertParallelOptions expert_parallel;
   int redundant_experts = 0;
+  // Where each rank's experts are (placement_file.h); empty: contiguous blocks, with
+  // redundant_experts copies.
+  std::filesystem::path expert_placement;
+  // Expert load counting, its file, and rebalancing while running (expert_load_balancer.h).
+  EplbOptions eplb;
 };
 
 // What the memory plan decided (cuda): logged at start and exported by the server.
@@ -91,6 +97,8 @@ class Engine {
   void follow_other_ranks();
   // Null with one rank.
   ExpertParallel* expert_parallel() { return ep_.get(); }
+  // Expert load counts and, with ranks, rebalancing. Every rank calls its finish() when done.
+  ExpertLoadBalancer& expert_load() { return *expert_load_; }
 
  private:
   // Expert parallelism: every rank starts each step together. False when no rank has work left;
@@ -107,6 +115,8 @@ class Engine {
   KvCache cache_;
   std::unique_ptr<KvPagePool> pool_;
   std::unique_ptr<DecodeGraphs> graphs_;
+  // After the model and expert parallelism, which it hooks into: it goes first.
+  std::unique_ptr<ExpertLoadBalancer> expert_load_;
   int max_context_ = 0;
   std::optional<MemoryPlan> memory_plan_;
 };

@@ -423,8 +423,8 @@ void HttpServer::Impl::routes() {
   server.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
 
   server.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
-    if (options.api_key.empty() || req.path.rfind("/v1/", 0) != 0)
-      return httplib::Server::HandlerResponse::Unhandled;
+    const bool guarded = req.path.rfind("/v1/", 0) == 0 || req.path.rfind("/admin/", 0) == 0;
+    if (options.api_key.empty() || !guarded) return httplib::Server::HandlerResponse::Unhandled;
     if (req.get_header_value("Authorization") == "Bearer " + options.api_key)
       return httplib::Server::HandlerResponse::Unhandled;
     error(res, ApiError(401, "invalid_request_error",
@@ -485,6 +485,23 @@ void HttpServer::Impl::routes() {
   server.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
     res.set_content(metrics.render(engine.stats()), "text/plain; version=0.0.4; charset=utf-8");
   });
+  if (options.expert_load_json)
+    server.Get("/expert_load", [this](const httplib::Request&, httplib::Response& res) {
+      res.set_content(options.expert_load_json(), "application/json");
+    });
+  if (options.rebalance_experts)
+    server.Post("/admin/rebalance_experts",
+                [this](const httplib::Request&, httplib::Response& res) {
+                  const std::string refused = options.rebalance_experts();
+                  if (!refused.empty()) {
+                    error(res, ApiError(409, "invalid_request_error",
+                                        fmt::format("cannot rebalance the experts: {}", refused)));
+                    return;
+                  }
+                  res.status = 202;
+                  res.set_content(R"({"status":"rebalancing between the next two steps"})",
+                                  "application/json");
+                });
 }
 
 HttpServer::HttpServer(ServingEngine& engine, const Tokenizer& tokenizer, const ChatTemplate* chat,

@@ -1,10 +1,12 @@
 // The OpenAI-compatible HTTP server: POST /v1/completions and /v1/chat/completions (streamed
-// over server-sent events or whole), GET /v1/models, /health and /metrics. Handler threads
+// over server-sent events or whole), GET /v1/models, /health and /metrics; GET /expert_load
+// and POST /admin/rebalance_experts for the expert load balancer. Handler threads
 // parse and validate, tokenize, submit to the serving engine and turn its tokens into text; a
 // client that goes away cancels its request, which frees its KV pages.
 #pragma once
 
 #include <cstddef>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -23,6 +25,11 @@ struct HttpServerOptions {
   size_t max_body_bytes = 4 << 20;
   int max_tokens_limit = 0;            // largest max_tokens accepted; 0: the context length
   int default_completion_tokens = 16;  // /v1/completions without max_tokens, as OpenAI does
+  // GET /expert_load: the routed experts' token counts (JSON, expert_load.h); unset: 404.
+  std::function<std::string()> expert_load_json;
+  // POST /admin/rebalance_experts (API key required when there is one): asks the ranks to move
+  // experts between the next two steps; returns why it cannot, empty when it will. Unset: 404.
+  std::function<std::string()> rebalance_experts;
 };
 
 class HttpServer {

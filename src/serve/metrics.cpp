@@ -30,6 +30,39 @@ void labelled(std::string& out, const std::string& name, const std::string& help
     out += fmt::format("{}{{{}=\"{}\"}} {}\n", name, label, key, v);
 }
 
+void per_layer(std::string& out, const std::string& name, const std::string& help,
+               const std::vector<std::pair<int, double>>& values) {
+  if (values.empty()) return;
+  header(out, name, "gauge", help);
+  for (const auto& [layer, v] : values)
+    out += fmt::format("{}{{layer=\"{}\"}} {}\n", name, layer, number(v));
+}
+
+// A few series per MoE layer, not one per expert: DeepSeek-V3 has 58 x 256 of those.
+void render_expert_load(std::string& out, const ExpertLoadSummary& s) {
+  single(out, "trident_moe_tokens_total", "counter",
+         "Tokens through the MoE layers (each token once, however many layers).",
+         double(s.tokens));
+  single(out, "trident_expert_routed_tokens_total", "counter",
+         "Tokens routed to routed experts, summed over experts and MoE layers (top-k per token "
+         "per layer).",
+         double(s.assignments));
+  per_layer(out, "trident_expert_load_imbalance",
+            "The busiest routed expert's tokens over the mean expert's, per MoE layer, since start.",
+            s.expert_imbalance);
+  per_layer(out, "trident_expert_rank_load_imbalance",
+            "The busiest rank's expected expert load over the mean rank's under the placement in "
+            "use, per MoE layer, since the last rebalance.",
+            s.rank_imbalance);
+  single(out, "trident_eplb_rebalances_total", "counter",
+         "Expert placements applied while serving.", double(s.rebalances));
+  single(out, "trident_eplb_experts_moved_total", "counter",
+         "Expert copies loaded onto ranks that did not hold them, by rebalances.",
+         double(s.experts_loaded));
+  single(out, "trident_eplb_rebalance_seconds_total", "counter",
+         "Time rebalances took (planning, loading experts, switching).", s.rebalance_seconds);
+}
+
 std::vector<double> token_buckets() {
   return {1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768};
 }
@@ -165,6 +198,7 @@ std::string ServerMetrics::render(const ServingStats& e) const {
     per_rank("trident_rank_kv_pages_used", "gauge", "KV pages in use on each rank.",
              [](const RankServingStats& r) { return r.kv_pages_used; });
   }
+  if (expert_load_) render_expert_load(out, expert_load_());
   return out;
 }
 

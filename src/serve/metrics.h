@@ -1,14 +1,16 @@
 // Server metrics in the Prometheus text format (version 0.0.4): request and token counters,
-// latency histograms, and the engine's queue, KV pool and prefix-cache gauges. Thread-safe:
-// handler threads record, /metrics renders.
+// latency histograms, the engine's queue, KV pool and prefix-cache gauges, and the routed
+// experts' load. Thread-safe: handler threads record, /metrics renders.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <string>
 #include <vector>
 
+#include "parallel/expert_load.h"
 #include "runtime/serving_engine.h"
 
 namespace trident {
@@ -46,6 +48,10 @@ class ServerMetrics {
   void request_finished(const RequestRecord& r);
   // An error response (4xx or 5xx).
   void error_response(int status);
+  // Where the expert load series come from (unset: none are shown).
+  void set_expert_load(std::function<ExpertLoadSummary()> source) {
+    expert_load_ = std::move(source);
+  }
 
   std::string render(const ServingStats& engine) const;
 
@@ -56,6 +62,7 @@ class ServerMetrics {
   std::map<int, uint64_t> errors_;            // by status
   uint64_t prompt_tokens_ = 0, completion_tokens_ = 0;
   Histogram ttft_, tpot_, e2e_, prompt_len_, completion_len_;
+  std::function<ExpertLoadSummary()> expert_load_;
 };
 
 }  // namespace trident

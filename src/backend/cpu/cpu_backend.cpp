@@ -65,6 +65,9 @@ class CpuBackend final : public Backend {
                    const ExpertWeights& experts, Tensor& out) override {
     cpu::moe_experts(x, topk_ids, topk_weights, experts, out);
   }
+  void add_expert_counts(const Tensor& topk_ids, Tensor& counts) override {
+    cpu::add_expert_counts(topk_ids, counts);
+  }
 };
 
 }  // namespace

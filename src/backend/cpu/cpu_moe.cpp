@@ -1,5 +1,6 @@
 // Reference MoE: the router (DeepSeek-V3's noaux_tc, DeepSeek-V2's greedy and group-limited
-// greedy) and the routed experts, each a SiLU-gated MLP, weighted and summed per token.
+// greedy), the routed experts, each a SiLU-gated MLP, weighted and summed per token, and the
+// count of tokens each expert was given (the expert load balancer's input).
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -113,6 +114,20 @@ void moe_experts(const Tensor& x, const Tensor& topk_ids, const Tensor& topk_wei
     }
   }
   for (int64_t t = 0; t < T; ++t) write_row(out, t, &acc[t * H]);
+}
+
+void add_expert_counts(const Tensor& topk_ids, Tensor& counts) {
+  if (!topk_ids.defined()) return;
+  TRI_CHECK(topk_ids.dtype == DType::I32, "add_expert_counts: expert ids must be i32, got {}",
+            dtype_name(topk_ids.dtype));
+  TRI_CHECK(counts.dtype == DType::I64, "add_expert_counts: counts must be i64, got {}",
+            dtype_name(counts.dtype));
+  const int64_t n = topk_ids.numel();
+  const int64_t E = counts.numel();
+  const int32_t* ids = topk_ids.ptr<int32_t>();
+  int64_t* c = counts.ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i)
+    if (ids[i] >= 0 && ids[i] < E) ++c[ids[i]];
 }
 
 }  // namespace trident::cpu

@@ -32,5 +32,6 @@ void moe_gate(const Tensor& logits, const Tensor& bias, const GateParams& p, Ten
               Tensor& topk_weights);
 void moe_experts(const Tensor& x, const Tensor& topk_ids, const Tensor& topk_weights,
                  const ExpertWeights& experts, Tensor& out);
+void add_expert_counts(const Tensor& topk_ids, Tensor& counts);
 
 }  // namespace trident::cpu

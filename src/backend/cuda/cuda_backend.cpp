@@ -219,6 +219,11 @@ void CudaBackend::moe_experts(const Tensor& x, const Tensor& topk_ids, const Ten
                                 moe_override_ ? &*moe_override_ : nullptr);
 }
 
+void CudaBackend::add_expert_counts(const Tensor& topk_ids, Tensor& counts) {
+  ops_.device.make_current();
+  cuda::add_expert_counts(ops_, topk_ids, counts);
+}
+
 void CudaBackend::sample(const Tensor& logits, std::span<const SampleRow> rows, Tensor& ids) {
   ops_.device.make_current();
   cuda::sample_tokens(ops_, logits, rows, ids);

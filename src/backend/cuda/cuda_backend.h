@@ -54,6 +54,7 @@ class CudaBackend final : public Backend {
                 Tensor& topk_weights) override;
   void moe_experts(const Tensor& x, const Tensor& topk_ids, const Tensor& topk_weights,
                    const ExpertWeights& experts, Tensor& out) override;
+  void add_expert_counts(const Tensor& topk_ids, Tensor& counts) override;
 
   // DeepSeek's per-token-group activation quantization, the first half of an FP8 linear:
   // x [T, K] bf16 -> q [T, K] e4m3, scales [T, ceil(K / 128)] f32.

@@ -149,6 +149,8 @@ class LowLatencyDispatchCombine final : public DispatchCombine {
         device_ptr(done_), device_ptr(epoch_), device_ptr(status_), timeout_ns_, H);
   }
 
+  void forget_placements() override { maps_.clear(); }
+
   void check_peers(std::string_view what) override {
     int32_t status = 0;
     cuda::check(cuda::cu().cuMemcpyDtoHAsync(&status, device_ptr(status_), sizeof(status),
