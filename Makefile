@@ -94,3 +94,23 @@ test-ep-gpu:
 bench-ep:
 	mkdir -p $(OUT)
 	NCCL_NVLS_ENABLE=0 torchrun --standalone --nproc-per-node $(EP) bench/bench_ep.py --out $(OUT) 2>&1 | tee $(OUT)/bench_ep.log
+
+# The end-to-end benchmark: `make bench-e2e OUT=dir` builds trident and runs `trident bench e2e`
+# at DeepSeek-V3's dimensions (as many layers as fit, random FP8 weights made on the GPU) on EP
+# GPUs of this host (EP=1 by default; EP=2 or 4 starts a rank per GPU), writing e2e.json, e2e.svg
+# and e2e.md to $(OUT) and appending the table to bench/RESULTS.md. E2E_FLAGS adds flags
+# (e.g. --layers 8 --decode-batches 64,128); COMMIT names the commit in the table.
+E2E_FLAGS ?=
+COMMIT ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+.PHONY: bench-e2e
+bench-e2e: SHELL := /bin/bash
+bench-e2e: .SHELLFLAGS := -o pipefail -c
+
+bench-e2e:
+	mkdir -p $(OUT)
+	cmake -S . -B $(GPU_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release -DTRIDENT_CUDA=ON \
+	  -DTRIDENT_KERNEL_CACHE=$(KERNEL_CACHE) $(if $(wildcard $(GPU_DEPS)),-DCMAKE_PREFIX_PATH=$(GPU_DEPS)) \
+	  $(CMAKE_FLAGS) 2>&1 | tee $(OUT)/configure.log
+	cmake --build $(GPU_BUILD) -j $(JOBS) --target trident 2>&1 | tee $(OUT)/build.log
+	NCCL_NVLS_ENABLE=0 $(GPU_BUILD)/trident bench e2e --device cuda --ep $(EP) --out $(OUT) \
+	  --results bench/RESULTS.md --commit $(COMMIT) $(E2E_FLAGS) 2>&1 | tee $(OUT)/bench_e2e.log

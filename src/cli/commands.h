@@ -8,6 +8,7 @@ namespace trident::cli {
 void register_generate(CLI::App& app);
 void register_serve(CLI::App& app);
 void register_bench_serve(CLI::App& app);
+void register_bench_e2e(CLI::App& app);
 void register_eval(CLI::App& app);
 void register_eplb(CLI::App& app);
 

@@ -20,6 +20,7 @@ int main(int argc, char** argv) {
   trident::cli::register_generate(app);
   trident::cli::register_serve(app);
   trident::cli::register_bench_serve(app);
+  trident::cli::register_bench_e2e(app);
   trident::cli::register_eval(app);
   trident::cli::register_eplb(app);
 

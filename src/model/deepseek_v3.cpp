@@ -39,20 +39,30 @@ Tensor DeepseekV3::forward(const StepInput& in, KvCache& cache) {
 
   // Pre-norm residual stream: residual accumulates each sublayer's output, h is its normalized
   // input to the next sublayer.
+  mark(Stage::Rest, -1);
   Tensor residual = backend_.alloc(act, {T, hidden});
   Tensor h = backend_.alloc(act, {T, hidden});
   backend_.embedding(in.token_ids, weights_.embed, residual);
   Tensor sublayer_out;
   for (int l = 0; l < config_.num_hidden_layers; ++l) {
     const LayerWeights& lw = weights_.layers[l];
+    mark(Stage::Rest, l);
     if (l == 0)
       backend_.rms_norm(residual, lw.input_norm, eps, h);
     else
       backend_.add_rms_norm(sublayer_out, residual, lw.input_norm, eps, h);
+    mark(Stage::Attention, l);
     Tensor attn_out = attention(l, h, in, cache);
+    mark(Stage::Rest, l);
     backend_.add_rms_norm(attn_out, residual, lw.post_attention_norm, eps, h);
-    sublayer_out = lw.is_moe ? moe(l, lw.moe, h) : mlp(lw.mlp, h);
+    if (lw.is_moe) {
+      sublayer_out = moe(l, lw.moe, h);
+    } else {
+      mark(Stage::Mlp, l);
+      sublayer_out = mlp(lw.mlp, h);
+    }
   }
+  mark(Stage::Rest, -1);
   backend_.add(residual, sublayer_out);
 
   const int64_t L = in.logit_rows.numel();
@@ -115,6 +125,7 @@ void DeepseekV3::idle_step() {
 
 Tensor DeepseekV3::moe(int layer, const MoeWeights& w, const Tensor& h) {
   const int64_t T = h.dim(0);
+  mark(Stage::Gate, layer);
   Tensor logits = backend_.alloc(DType::F32, {T, config_.n_routed_experts});
   backend_.linear(h, w.router, logits);
   Tensor ids = backend_.alloc(DType::I32, {T, gate_.top_k});
@@ -124,12 +135,17 @@ Tensor DeepseekV3::moe(int layer, const MoeWeights& w, const Tensor& h) {
     Tensor row = expert_counts_.rows(layer, layer + 1).reshape({config_.n_routed_experts});
     backend_.add_expert_counts(ids, row);
   }
+  // The hook marks its own dispatch, experts and combine.
+  mark(Stage::Experts, layer);
   Tensor out = backend_.alloc(backend_.activation_dtype(), {T, config_.hidden_size});
   if (experts_hook_)
     experts_hook_->moe_experts(layer, h, ids, weights, w.experts, out);
   else
     backend_.moe_experts(h, ids, weights, w.experts, out);
-  if (w.has_shared) backend_.add(out, mlp(w.shared, h));
+  if (w.has_shared) {
+    mark(Stage::Mlp, layer);
+    backend_.add(out, mlp(w.shared, h));
+  }
   return out;
 }
 

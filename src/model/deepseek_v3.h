@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "backend/stage_timer.h"
 #include "model/config.h"
 #include "model/step.h"
 #include "model/weights.h"
@@ -37,6 +38,8 @@ class DeepseekV3 {
 
   // Expert parallelism: routed experts run through `hook` (null, the default: all are here).
   void set_routed_experts_hook(RoutedExpertsHook* hook) { experts_hook_ = hook; }
+  // Benchmarks: marks where each stage of forward begins (null, the default: no marks).
+  void set_stage_timer(StageTimer* timer) { timer_ = timer; }
   // Expert load: every MoE layer adds its gate's choices to row `layer` of `counts` (i64
   // [layers, routed experts], backend memory; undefined, the default: nothing is counted).
   void set_expert_counts(Tensor counts) { expert_counts_ = std::move(counts); }
@@ -54,6 +57,9 @@ class DeepseekV3 {
   Tensor attention(int layer, const Tensor& h, const StepInput& in, KvCache& cache);
   Tensor mlp(const MlpWeights& w, const Tensor& h);
   Tensor moe(int layer, const MoeWeights& w, const Tensor& h);
+  void mark(Stage stage, int layer) {
+    if (timer_) timer_->mark(stage, layer);
+  }
 
   ModelConfig config_;
   ModelWeights weights_;
@@ -62,6 +68,7 @@ class DeepseekV3 {
   MlaParams mla_;
   GateParams gate_;
   RoutedExpertsHook* experts_hook_ = nullptr;
+  StageTimer* timer_ = nullptr;
   Tensor expert_counts_;
 };
 

@@ -155,16 +155,19 @@ void ExpertParallel::moe_experts(int layer, const Tensor& x, const Tensor& topk_
                                                       rounds)
                                         : fmt::format("layer {}", layer);
     const bool mine = hi > lo;
+    if (timer_) timer_->mark(Stage::Dispatch, layer);
     ReceivedTokens got =
         exchange.dispatch(mine ? x.rows(lo, hi) : Tensor(), mine ? topk_ids.rows(lo, hi) : Tensor(),
                           mine ? topk_weights.rows(lo, hi) : Tensor(), placement, what);
     if (step_mode_ == DispatchMode::Normal) tokens_received_ += got.n;
+    if (timer_) timer_->mark(Stage::Experts, layer);
     Tensor expert_out;
     if (got.n > 0) {
       expert_out = backend_.alloc(dispatch_config_.activation, {got.n, dispatch_config_.hidden});
       backend_.moe_experts(got.x, got.topk_ids, got.topk_weights, here, expert_out);
     }
     Tensor out_rows = mine ? out.rows(lo, hi) : Tensor();
+    if (timer_) timer_->mark(Stage::Combine, layer);
     exchange.combine(expert_out, out_rows, what);
     ++exchanges_;
   }

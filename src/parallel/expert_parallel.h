@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "backend/stage_timer.h"
 #include "model/config.h"
 #include "model/deepseek_v3.h"
 #include "parallel/communicator.h"
@@ -95,6 +96,8 @@ class ExpertParallel final : public RoutedExpertsHook {
 
   void moe_experts(int layer, const Tensor& x, const Tensor& topk_ids, const Tensor& topk_weights,
                    const ExpertWeights& experts, Tensor& out) override;
+  // Benchmarks: marks each exchange's dispatch, experts and combine (null: no marks).
+  void set_stage_timer(StageTimer* timer) { timer_ = timer; }
 
  private:
   Communicator& comm_;
@@ -109,6 +112,7 @@ class ExpertParallel final : public RoutedExpertsHook {
   int64_t step_ = 0;
   int64_t tokens_received_ = 0;
   int64_t exchanges_ = 0;
+  StageTimer* timer_ = nullptr;
   std::function<void(int64_t, bool)> between_steps_;
   std::atomic<bool> rebalance_requested_{false};
 };
