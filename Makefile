@@ -95,6 +95,18 @@ bench-ep:
 	mkdir -p $(OUT)
 	NCCL_NVLS_ENABLE=0 torchrun --standalone --nproc-per-node $(EP) bench/bench_ep.py --out $(OUT) 2>&1 | tee $(OUT)/bench_ep.log
 
+# The expert load balancer's gain on CPU ranks: every token routed to rank 0's experts, the
+# tokens each rank's experts receive and the step time, before and after one rebalance
+# (`make bench-eplb EPLB_RANKS=4 EPLB_FLAGS=--redundant=4`; bench/RESULTS.md).
+EPLB_RANKS ?= 2
+EPLB_FLAGS ?=
+.PHONY: bench-eplb
+bench-eplb: deps $(BUILD)/build.ninja
+	cmake --build $(BUILD) -j $(JOBS) --target trident_ep_rank
+	OMP_NUM_THREADS=1 mpirun -np $(EPLB_RANKS) --oversubscribe --bind-to none \
+	  $(if $(filter 0,$(shell id -u)),--allow-run-as-root) $(BUILD)/trident_ep_rank --eplb-gain \
+	  --gain-tokens 256 --gain-steps 3 --gain-moe-intermediate 1024 $(EPLB_FLAGS)
+
 # The end-to-end benchmark: `make bench-e2e OUT=dir` builds trident and runs `trident bench e2e`
 # at DeepSeek-V3's dimensions (as many layers as fit, random FP8 weights made on the GPU) on EP
 # GPUs of this host (EP=1 by default; EP=2 or 4 starts a rank per GPU), writing e2e.json, e2e.svg

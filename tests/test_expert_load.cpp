@@ -4,8 +4,8 @@
 #include <unistd.h>
 
 #include <filesystem>
-#include <functional>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
@@ -94,8 +94,9 @@ TEST(ExpertLoad, FileRoundTripsAndNamesWhatIsWrong) {
 
   nlohmann::json j = load.to_json();
   j["layers"][0]["counts"].erase(0);
-  EXPECT_NE(error_of([&] { ExpertLoad::from_json(j, "x.json"); }).find("layer 1 has 7 counts for 8"),
-            std::string::npos);
+  EXPECT_NE(
+      error_of([&] { ExpertLoad::from_json(j, "x.json"); }).find("layer 1 has 7 counts for 8"),
+      std::string::npos);
   j = load.to_json();
   j["format"] = "something-else";
   EXPECT_NE(error_of([&] { ExpertLoad::from_json(j, "x.json"); }).find("not an expert load file"),
@@ -116,24 +117,28 @@ TEST(PlacementFile, WhatTridentEplbWritesStartsARunWithTheSamePlacements) {
   ASSERT_EQ(placements.size(), 3u);
   for (const LayerPlacementPlan& p : plans)
     for (int r = 0; r < 4; ++r)
-      EXPECT_EQ(placements[p.layer].experts_of(r), p.placement.experts_of(r)) << p.layer << " " << r;
+      EXPECT_EQ(placements[p.layer].experts_of(r), p.placement.experts_of(r))
+          << p.layer << " " << r;
   // The hot expert of each layer has a copy on more than one rank.
   EXPECT_GT(placements[1].ranks_of(4).size(), 1u);
   EXPECT_GT(placements[2].ranks_of(5).size(), 1u);
 
-  EXPECT_NE(error_of([&] { read_placement_file(file, c, 2, 0); }).find("on 4 ranks, this run has 2"),
-            std::string::npos);
+  EXPECT_NE(
+      error_of([&] { read_placement_file(file, c, 2, 0); }).find("on 4 ranks, this run has 2"),
+      std::string::npos);
   EXPECT_NE(error_of([&] { read_placement_file(file, c, 4, 8); }).find("--ep-redundant-experts 8"),
             std::string::npos);
-  EXPECT_NE(error_of([&] { read_placement_file(file, moe_config(4, 1, 16, 4, 4), 4, 0); })
-                .find("no placement for MoE layer 3"),
+  EXPECT_NE(error_of([&] {
+              read_placement_file(file, moe_config(4, 1, 16, 4, 4), 4, 0);
+            }).find("no placement for MoE layer 3"),
             std::string::npos);
   // A map that disagrees with physical_to_logical is named.
   nlohmann::json j;
   std::ifstream(file) >> j;
   j["layers"][0]["logical_count"][0] = 3;
   std::ofstream(file) << j.dump();
-  EXPECT_NE(error_of([&] { read_placement_file(file, c, 4, 0); }).find("logical_count says expert 0"),
-            std::string::npos);
+  EXPECT_NE(
+      error_of([&] { read_placement_file(file, c, 4, 0); }).find("logical_count says expert 0"),
+      std::string::npos);
   fs::remove(file);
 }

@@ -153,8 +153,8 @@ TEST(PlanLayer, SkewedLoadsGetEvenRanksOnEveryShape) {
   // a node with a hot group carries more than its share (the price of less traffic between
   // nodes), the more so the more nodes.
   const Shape shapes[] = {
-      {16, {4, 0, 4, 1}, 1.45},    {16, {4, 4, 4, 1}, 1.01},    {64, {8, 8, 8, 1}, 1.01},
-      {64, {8, 8, 8, 2}, 1.25},    {256, {8, 32, 8, 1}, 1.01},  {256, {32, 32, 8, 4}, 1.95},
+      {16, {4, 0, 4, 1}, 1.45},    {16, {4, 4, 4, 1}, 1.01},   {64, {8, 8, 8, 1}, 1.01},
+      {64, {8, 8, 8, 2}, 1.25},    {256, {8, 32, 8, 1}, 1.01}, {256, {32, 32, 8, 4}, 1.95},
       {256, {16, 16, 8, 2}, 1.15},
   };
   std::mt19937 rng(2024);
@@ -162,8 +162,8 @@ TEST(PlanLayer, SkewedLoadsGetEvenRanksOnEveryShape) {
   for (const Shape& s : shapes) {
     for (int trial = 0; trial < 20; ++trial) {
       SCOPED_TRACE(testing::Message() << s.experts << " experts, " << s.shape.n_ranks << " ranks, "
-                                      << s.shape.redundant << " redundant, "
-                                      << s.shape.n_nodes << " nodes, trial " << trial);
+                                      << s.shape.redundant << " redundant, " << s.shape.n_nodes
+                                      << " nodes, trial " << trial);
       const std::vector<double> load = zipf_load(s.experts, 1.0, rng);
       const LayerPlacementPlan plan = plan_layer(load, s.shape);
       const ExpertPlacement& p = plan.placement;

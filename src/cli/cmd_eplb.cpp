@@ -2,11 +2,11 @@
 // --expert-load-file or GET /expert_load wrote), by the policies of DeepSeek's expert-parallel
 // load balancer (parallel/placement_policy.h). The placement file starts runs with
 // --expert-placement; the table shows each layer's busiest rank before and after.
+#include <fmt/format.h>
+
 #include <cstdio>
 #include <memory>
 #include <string>
-
-#include <fmt/format.h>
 
 #include "cli/commands.h"
 #include "core/error.h"
@@ -37,9 +37,10 @@ void run_eplb(const EplbArgs& a) {
   const std::vector<LayerPlacementPlan> plans = plan_placements(load, shape);
   write_placement_file(a.output, shape, load.n_experts(), plans);
 
-  std::printf("%s: %lld tokens, %d MoE layers of %d experts -> %d ranks of %d slots (%d redundant)\n",
-              a.load_file.c_str(), (long long)load.tokens(), int(plans.size()), load.n_experts(),
-              shape.n_ranks, plans.front().slots_per_rank, shape.redundant);
+  std::printf(
+      "%s: %lld tokens, %d MoE layers of %d experts -> %d ranks of %d slots (%d redundant)\n",
+      a.load_file.c_str(), (long long)load.tokens(), int(plans.size()), load.n_experts(),
+      shape.n_ranks, plans.front().slots_per_rank, shape.redundant);
   std::printf("busiest rank over the mean rank, expected from the counts:\n");
   std::printf("%6s  %-12s  %10s  %10s\n", "layer", "policy", "contiguous", "planned");
   double before = 0, after = 0;

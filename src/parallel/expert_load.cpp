@@ -78,9 +78,10 @@ ExpertLoad& ExpertLoad::operator+=(const ExpertLoad& other) {
 nlohmann::json ExpertLoad::to_json() const {
   nlohmann::json layers = nlohmann::json::array();
   for (int l : moe_layers_)
-    layers.push_back({{"layer", l},
-                      {"counts", std::vector<int64_t>(counts_.begin() + size_t(l) * n_experts_,
-                                                      counts_.begin() + size_t(l + 1) * n_experts_)}});
+    layers.push_back(
+        {{"layer", l},
+         {"counts", std::vector<int64_t>(counts_.begin() + size_t(l) * n_experts_,
+                                         counts_.begin() + size_t(l + 1) * n_experts_)}});
   return {{"format", kFormat}, {"n_layers", n_layers_}, {"n_experts", n_experts_},
           {"top_k", top_k_},   {"n_groups", n_groups_}, {"tokens", tokens()},
           {"layers", layers}};
@@ -105,14 +106,13 @@ ExpertLoad ExpertLoad::from_json(const nlohmann::json& j, const std::string& sou
   const auto layers = field<std::vector<nlohmann::json>>(j, "layers", source);
   for (const nlohmann::json& entry : layers) {
     const int l = field<int>(entry, "layer", source);
-    TRI_CHECK(l >= 0 && l < load.n_layers_, "{}: layer {} is outside the model's {} layers",
-              source, l, load.n_layers_);
+    TRI_CHECK(l >= 0 && l < load.n_layers_, "{}: layer {} is outside the model's {} layers", source,
+              l, load.n_layers_);
     TRI_CHECK(load.moe_layers_.empty() || load.moe_layers_.back() < l,
               "{}: layer {} is listed out of order or twice", source, l);
     const auto counts = field<std::vector<int64_t>>(entry, "counts", source);
-    TRI_CHECK(int(counts.size()) == load.n_experts_,
-              "{}: layer {} has {} counts for {} experts", source, l, counts.size(),
-              load.n_experts_);
+    TRI_CHECK(int(counts.size()) == load.n_experts_, "{}: layer {} has {} counts for {} experts",
+              source, l, counts.size(), load.n_experts_);
     for (int e = 0; e < load.n_experts_; ++e) {
       TRI_CHECK(counts[e] >= 0, "{}: layer {} expert {} has a negative count {}", source, l, e,
                 counts[e]);

@@ -97,8 +97,9 @@ ExpertLoadBalancer::ExpertLoadBalancer(DeepseekV3& model, Backend& backend, Expe
   counter_ = backend.upload(cpu_tensor(DType::I64, {c.num_hidden_layers, c.n_routed_experts}));
   model.set_expert_counts(counter_);
   if (!ep_) {
-    cannot_rebalance_ = "one rank holds every expert: there is nothing to move (--ep N moves "
-                        "experts between N ranks)";
+    cannot_rebalance_ =
+        "one rank holds every expert: there is nothing to move (--ep N moves "
+        "experts between N ranks)";
     if (options.interval > 0) spdlog::info("--eplb-interval: {}", cannot_rebalance_);
     return;
   }
@@ -170,9 +171,10 @@ void ExpertLoadBalancer::between_steps(int64_t step, bool requested) {
                       : std::string("placement kept (no better one)"),
             r.imbalance_before, r.imbalance_after, window.tokens(), r.seconds);
     } else if (ep_->rank() == 0) {
-      spdlog::info("expert load balancer, before step {}{}: no tokens since the last rebalance, "
-                   "placement kept",
-                   step, why);
+      spdlog::info(
+          "expert load balancer, before step {}{}: no tokens since the last rebalance, "
+          "placement kept",
+          step, why);
     }
     at_rebalance_ = totals_;
   }

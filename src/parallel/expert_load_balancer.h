@@ -104,11 +104,11 @@ class ExpertLoadBalancer {
   EplbOptions options_;
   PlacementShape shape_;
   std::string cannot_rebalance_;  // why, when this run cannot move experts
-  Tensor counter_;         // i64 [layers, experts] in backend memory
-  ExpertLoad zero_;        // this rank's counts when counting (re)started
-  ExpertLoad totals_;      // engine thread: all ranks' counts since start, at the last sum
-  ExpertLoad at_rebalance_;  // totals_ at the last rebalance (or start)
-  int64_t steps_ = 0;      // one rank: steps counted
+  Tensor counter_;                // i64 [layers, experts] in backend memory
+  ExpertLoad zero_;               // this rank's counts when counting (re)started
+  ExpertLoad totals_;             // engine thread: all ranks' counts since start, at the last sum
+  ExpertLoad at_rebalance_;       // totals_ at the last rebalance (or start)
+  int64_t steps_ = 0;             // one rank: steps counted
   int64_t rebalances_ = 0, copies_moved_ = 0;
   double rebalance_seconds_ = 0;
 

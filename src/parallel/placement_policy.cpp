@@ -27,7 +27,9 @@ struct Packs {
   }
 };
 
-int label_of(const std::vector<int>& labels, int item) { return labels.empty() ? item : labels[item]; }
+int label_of(const std::vector<int>& labels, int item) {
+  return labels.empty() ? item : labels[item];
+}
 
 // Every pack with room holds `item`'s label: move one item of a full pack without that label into
 // the lightest pack with room (one whose label that pack lacks, the lightest such), and put `item`
@@ -38,7 +40,8 @@ int make_room(Packs& packs, int item, int per_pack, const std::vector<double>& w
   const int label = label_of(labels, item);
   int open = -1;
   for (int p = 0; p < P; ++p)
-    if (int(packs.items[p].size()) < per_pack && (open < 0 || lighter(packs.load[p], packs.load[open])))
+    if (int(packs.items[p].size()) < per_pack &&
+        (open < 0 || lighter(packs.load[p], packs.load[open])))
       open = p;
   int from = -1, moved = -1;
   for (int p = 0; p < P && open >= 0; ++p) {
@@ -81,7 +84,8 @@ void improve_by_swaps(Packs& packs, const std::vector<double>& w, const std::vec
           if (!lighter(pair_max, best_max)) continue;
           const int la = label_of(labels, a), lb = label_of(labels, b);
           // After the swap neither pack may hold a label twice.
-          if (la != lb && (packs.has_label(other, la, labels) || packs.has_label(heavy, lb, labels)))
+          if (la != lb &&
+              (packs.has_label(other, la, labels) || packs.has_label(heavy, lb, labels)))
             continue;
           best_max = pair_max, best_other = other, best_a = a, best_b = b;
         }
@@ -133,8 +137,7 @@ ExpertPlacement place_by_policy(const std::vector<double>& load, const Placement
       if (node_of_group[e / per_group] == node) experts.push_back(e);
     std::vector<double> node_load(experts.size());
     for (size_t i = 0; i < experts.size(); ++i) node_load[i] = load[experts[i]];
-    const std::vector<int> copies =
-        replicate_experts(node_load, physical_per_node, ranks_per_node);
+    const std::vector<int> copies = replicate_experts(node_load, physical_per_node, ranks_per_node);
     std::vector<double> weight;
     std::vector<int> expert_of_item;
     for (size_t i = 0; i < experts.size(); ++i)
@@ -154,9 +157,12 @@ ExpertPlacement place_by_policy(const std::vector<double>& load, const Placement
 
 std::string_view policy_name(PlacementPolicy policy) {
   switch (policy) {
-    case PlacementPolicy::Hierarchical: return "hierarchical";
-    case PlacementPolicy::Global: return "global";
-    case PlacementPolicy::Contiguous: return "contiguous";
+    case PlacementPolicy::Hierarchical:
+      return "hierarchical";
+    case PlacementPolicy::Global:
+      return "global";
+    case PlacementPolicy::Contiguous:
+      return "contiguous";
   }
   return "?";
 }
@@ -164,10 +170,10 @@ std::string_view policy_name(PlacementPolicy policy) {
 std::vector<int> balanced_packing(const std::vector<double>& weights, int n_packs,
                                   const std::vector<int>& labels) {
   const int n = int(weights.size());
-  TRI_CHECK(n_packs >= 1 && n % n_packs == 0, "balanced packing: {} items do not fill {} packs evenly",
-            n, n_packs);
-  TRI_CHECK(labels.empty() || int(labels.size()) == n,
-            "balanced packing: {} labels for {} items", labels.size(), n);
+  TRI_CHECK(n_packs >= 1 && n % n_packs == 0,
+            "balanced packing: {} items do not fill {} packs evenly", n, n_packs);
+  TRI_CHECK(labels.empty() || int(labels.size()) == n, "balanced packing: {} labels for {} items",
+            labels.size(), n);
   const int per_pack = n / n_packs;
   std::vector<int> order(n);
   std::iota(order.begin(), order.end(), 0);
@@ -279,14 +285,12 @@ LayerPlacementPlan describe_placement(const ExpertPlacement& placement,
 LayerPlacementPlan plan_layer(const std::vector<double>& load, const PlacementShape& shape) {
   const int E = int(load.size());
   check_shape(E, shape);
-  for (double v : load)
-    TRI_CHECK(v >= 0, "expert placement: an expert load of {} is negative", v);
-  const bool hierarchical =
-      shape.n_nodes > 1 && shape.n_groups >= 1 && E % shape.n_groups == 0 &&
-      shape.n_groups % shape.n_nodes == 0;
-  const ExpertPlacement by_policy = hierarchical
-                                        ? place_by_policy(load, shape, shape.n_groups, shape.n_nodes)
-                                        : place_by_policy(load, shape, 1, 1);
+  for (double v : load) TRI_CHECK(v >= 0, "expert placement: an expert load of {} is negative", v);
+  const bool hierarchical = shape.n_nodes > 1 && shape.n_groups >= 1 && E % shape.n_groups == 0 &&
+                            shape.n_groups % shape.n_nodes == 0;
+  const ExpertPlacement by_policy =
+      hierarchical ? place_by_policy(load, shape, shape.n_groups, shape.n_nodes)
+                   : place_by_policy(load, shape, 1, 1);
   const ExpertPlacement contiguous = ExpertPlacement::contiguous(E, shape.n_ranks, shape.redundant);
   LayerPlacementPlan plan = describe_placement(
       by_policy, load, hierarchical ? PlacementPolicy::Hierarchical : PlacementPolicy::Global);

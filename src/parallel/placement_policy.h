@@ -53,7 +53,8 @@ struct LayerPlacementPlan {
 // global otherwise), or the contiguous placement where that is less loaded.
 LayerPlacementPlan plan_layer(const std::vector<double>& load, const PlacementShape& shape);
 // Every MoE layer of `load`, in order.
-std::vector<LayerPlacementPlan> plan_placements(const ExpertLoad& load, const PlacementShape& shape);
+std::vector<LayerPlacementPlan> plan_placements(const ExpertLoad& load,
+                                                const PlacementShape& shape);
 
 // The plan of a placement already made (to write it, or to weigh it against another).
 LayerPlacementPlan describe_placement(const ExpertPlacement& placement,

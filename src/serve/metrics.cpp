@@ -48,7 +48,8 @@ void render_expert_load(std::string& out, const ExpertLoadSummary& s) {
          "per layer).",
          double(s.assignments));
   per_layer(out, "trident_expert_load_imbalance",
-            "The busiest routed expert's tokens over the mean expert's, per MoE layer, since start.",
+            "The busiest routed expert's tokens over the mean expert's, per MoE layer, since "
+            "start.",
             s.expert_imbalance);
   per_layer(out, "trident_expert_rank_load_imbalance",
             "The busiest rank's expected expert load over the mean rank's under the placement in "

@@ -12,6 +12,11 @@
 // --poison-other-experts: the expert-parallel model loads from a copy of the checkpoint in which
 // the routed experts this rank does not hold are poison (poisoned_checkpoint.h), so reading any
 // of their bytes fails the run.
+//
+// --placement FILE starts from a placement file instead of contiguous blocks; --eplb-interval N
+// moves experts every N steps while the steps go on (the expert load balancer), loading them
+// from the checkpoint or making them as the random model does. --eplb-gain runs the expert load
+// balancer's benchmark instead (eplb_gain.h).
 #include <signal.h>
 #include <unistd.h>
 
@@ -32,8 +37,11 @@
 #include "cache/kv_page_pool.h"
 #include "model/checkpoint.h"
 #include "model/deepseek_v3.h"
+#include "parallel/expert_load_balancer.h"
 #include "parallel/expert_parallel.h"
+#include "parallel/placement_file.h"
 #include "parallel/rank_group.h"
+#include "eplb_gain.h"
 #include "poisoned_checkpoint.h"
 #include "runtime/step_builder.h"
 #include "tiny_moe_model.h"
@@ -51,6 +59,10 @@ struct Args {
   std::string payload = "auto";
   bool skew = false;
   int redundant = 0;
+  std::string placement;  // a placement file; empty: contiguous blocks
+  int eplb_interval = 0;
+  bool eplb_gain = false;
+  testing::EplbGainArgs gain;
   // Each row's largest logit error over the spread of the reference row's logits.
   double tolerance = 1e-4;         // every row
   double median_tolerance = 1e-4;  // the median row
@@ -131,7 +143,8 @@ bool run(const Args& a, RankGroup& group) {
     ckpt = std::make_unique<Checkpoint>(Checkpoint::open(a.model));
     config = ModelConfig::from_file(fs::path(a.model) / "config.json");
   }
-  std::vector<ExpertPlacement> placements = contiguous_placements(config, R, a.redundant);
+  std::vector<ExpertPlacement> placements =
+      initial_placements(config, R, a.redundant, a.placement);
   if (a.skew) spec.favoured_experts = placements[0].experts_of(0);
 
   ExpertParallelOptions options;
@@ -179,6 +192,19 @@ bool run(const Args& a, RankGroup& group) {
     for (;;) pause();
   }
   ep.wait_for_ranks_loaded();
+  // Experts a rebalance gives this rank come from the original checkpoint (never the poisoned
+  // copy), or are made as the random model makes them.
+  std::optional<Checkpoint> source_ckpt;
+  if (!a.model.empty()) source_ckpt.emplace(Checkpoint::open(a.model));
+  EplbOptions eplb;
+  eplb.interval = a.eplb_interval;
+  ExpertLoadBalancer balancer(
+      *model, *backend, &ep,
+      [&](int layer, int expert) {
+        return source_ckpt ? load_routed_expert(*source_ckpt, config, *backend, layer, expert)
+                           : testing::tiny_moe_expert(config, spec, layer, expert);
+      },
+      eplb);
   FaultyRank faulty(a, r, ep);
   model->set_routed_experts_hook(&faulty);
 
@@ -241,17 +267,21 @@ bool run(const Args& a, RankGroup& group) {
     }
     ++ran;
   }
+  balancer.finish();
   ep.finish();
   std::sort(errs.begin(), errs.end());
   const double worst = errs.empty() ? 0 : errs.back(),
                median = errs.empty() ? 0 : errs[errs.size() / 2];
   const bool ok = tokens_match && worst <= a.tolerance && median <= a.median_tolerance;
+  const ExpertLoadSummary moved = balancer.summary();
   std::printf(
       "rank %d of %d: %zu sequences, %d steps, %d idle steps, %lld tokens received (%s "
-      "payload), %lld exchanges%s, logit error/spread median %.2g worst %.2g: %s\n",
+      "payload), %lld exchanges%s, %lld rebalances moving %lld expert copies, logit "
+      "error/spread median %.2g worst %.2g: %s\n",
       r, R, seqs.size(), ran, idle, (long long)ep.tokens_received(),
       ep.fp8_payload() ? "fp8" : "activation", (long long)ep.exchanges(), poisoned.c_str(),
-      median, worst, ok ? "match" : "MISMATCH");
+      (long long)moved.rebalances, (long long)moved.experts_loaded, median, worst,
+      ok ? "match" : "MISMATCH");
   std::fflush(stdout);
   return ok;
 }
@@ -269,6 +299,14 @@ int main(int argc, char** argv) {
   app.add_option("--payload", a.payload, "Dispatch payload: auto, fp8 or activation");
   app.add_flag("--skew", a.skew, "Random model: route every token to rank 0's experts");
   app.add_option("--redundant", a.redundant, "Redundant expert copies in all");
+  app.add_option("--placement", a.placement, "Start from this expert placement file");
+  app.add_option("--eplb-interval", a.eplb_interval, "Rebalance the experts every N steps");
+  app.add_flag("--eplb-gain", a.eplb_gain,
+               "Instead: time skewed steps before and after a rebalance (with --redundant)");
+  app.add_option("--gain-tokens", a.gain.tokens, "--eplb-gain: tokens per rank per step");
+  app.add_option("--gain-steps", a.gain.steps, "--eplb-gain: timed steps before and after");
+  app.add_option("--gain-moe-intermediate", a.gain.moe_intermediate,
+                 "--eplb-gain: the routed experts' intermediate size");
   app.add_option("--tolerance", a.tolerance, "Largest logit error/spread accepted in any row");
   app.add_option("--median-tolerance", a.median_tolerance, "... in the median row");
   app.add_option("--timeout-ms", a.timeout_ms, "Collective timeout");
@@ -294,6 +332,11 @@ int main(int argc, char** argv) {
   }
   bool ok = false;
   try {
+    if (a.eplb_gain) {
+      a.gain.redundant = a.redundant;
+      testing::run_eplb_gain(a.gain, *group);
+      return 0;
+    }
     ok = run(a, *group);
   } catch (const std::exception& e) {
     group->abort(e.what());

@@ -10,6 +10,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <regex>
 #include <string>
 #include <vector>
@@ -258,4 +260,117 @@ TEST(EpCommand, GenerateGivesTheSameTextWithOneTwoAndFourRanks) {
     EXPECT_EQ(many.exit_code, 0) << many.output;
     EXPECT_EQ(many.output, one.output) << n << " ranks";
   }
+}
+
+// --- The expert load balancer across ranks ---
+
+namespace {
+
+// "..., R rebalances moving C expert copies, ..." of `rank` -> {R, C}
+std::pair<long, long> rebalances(const std::string& output, int rank) {
+  std::smatch m;
+  std::regex re("rank " + std::to_string(rank) +
+                " of \\d+: .*?, (\\d+) rebalances moving (\\d+) expert copies");
+  if (!std::regex_search(output, m, re)) return {-1, -1};
+  return {std::stol(m[1]), std::stol(m[2])};
+}
+
+// A placement file for `ranks` ranks from the shipped model's expert load on a prompt, made by
+// the commands a user runs: generate --expert-load-file, then trident eplb.
+std::string placement_file(const std::string& model, int ranks, int redundant) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / ("trident-eplb-" + std::to_string(getpid()));
+  fs::create_directories(dir);
+  const std::string load = (dir / "load.json").string();
+  const std::string placement = (dir / ("placement-" + std::to_string(ranks) + ".json")).string();
+  RankRun g = shell(std::string(TRIDENT_BINARY) + " generate --model " + model +
+                    " --prompt 'The quick brown fox' --max-new-tokens 8 --expert-load-file " +
+                    load);
+  EXPECT_EQ(g.exit_code, 0) << g.output;
+  RankRun p = shell(std::string(TRIDENT_BINARY) + " eplb --load " + load + " --ranks " +
+                    std::to_string(ranks) + " --redundant " + std::to_string(redundant) + " -o " +
+                    placement);
+  EXPECT_EQ(p.exit_code, 0) << p.output;
+  EXPECT_NE(p.output.find("placement written to"), std::string::npos) << p.output;
+  return placement;
+}
+
+}  // namespace
+
+TEST(EpRanks, RebalancingWhileSteppingKeepsTheLogitsOfOneAndSpreadsSkewedTokens) {
+  // Every token goes to rank 0's experts; every 2 steps the balancer moves experts (with 4
+  // redundant copies), so the other ranks compute some of them, and every step's logits still
+  // match a model holding every expert.
+  RankRun r = ranks(4, "--prompt-tokens 9,4,3,6 --skew --redundant 4 --eplb-interval 2");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(count(r.output, ": match"), 4) << r.output;
+  for (int rank = 0; rank < 4; ++rank) {
+    EXPECT_GE(rebalances(r.output, rank).first, 1) << r.output;
+    EXPECT_GT(rebalances(r.output, rank).second, 0) << r.output;
+  }
+  for (int rank = 1; rank < 4; ++rank) EXPECT_GT(tokens_received(r.output, rank), 0) << r.output;
+}
+
+TEST(EpRanks, RebalancingLoadsACheckpointsExpertsAndKeepsItsLogits) {
+  const std::vector<std::string> all = fixtures();
+  if (all.empty()) GTEST_SKIP() << "no fixture in tests/data/golden";
+  RankRun r = ranks(2, "--model " + std::string(TRIDENT_TEST_DATA) + "/golden/" + all.back() +
+                           " --eplb-interval 1");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(count(r.output, ": match"), 2) << r.output;
+  EXPECT_GT(rebalances(r.output, 0).second, 0) << r.output;
+}
+
+TEST(EpRanks, EachRankReadsOnlyTheExpertsItsPlacementFileGivesIt) {
+  const std::string model = model_with_tokenizer();
+  if (model.empty()) GTEST_SKIP() << "no model with a tokenizer in models/ or tests/data/golden/";
+  const std::string placement = placement_file(model, 4, 4);
+  // The other ranks' experts are poison in each rank's copy: the run reads exactly what the
+  // file's slots hold, redundant copies included.
+  RankRun r = ranks(4, "--model " + model + " --placement " + placement +
+                           " --prompt-tokens 9,4,3,6 --poison-other-experts");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(count(r.output, ": match"), 4) << r.output;
+  EXPECT_NE(r.output.find("expert shards poisoned"), std::string::npos) << r.output;
+  // A file for another rank count is refused, naming both.
+  RankRun wrong = ranks(2, "--model " + model + " --placement " + placement);
+  EXPECT_NE(wrong.exit_code, 0);
+  EXPECT_NE(wrong.output.find("on 4 ranks, this run has 2"), std::string::npos) << wrong.output;
+}
+
+TEST(EpRanks, EplbGainTheBusiestRankReceivesFarFewerTokensAfterARebalance) {
+  RankRun r = ranks(2, "--eplb-gain --gain-tokens 48 --gain-steps 2");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  std::smatch before, after;
+  ASSERT_TRUE(std::regex_search(r.output, before, std::regex("before: .*busiest ([\\d.]+)x")))
+      << r.output;
+  ASSERT_TRUE(std::regex_search(r.output, after, std::regex("after: .*busiest ([\\d.]+)x")))
+      << r.output;
+  EXPECT_GT(std::stod(before[1]), 1.9) << r.output;  // everything on rank 0
+  EXPECT_LT(std::stod(after[1]), 1.2) << r.output;
+}
+
+TEST(EpCommand, GenerateFromAPlacementFileOrMovingExpertsGivesTheTextOfOneRank) {
+  const std::string model = model_with_tokenizer();
+  if (model.empty()) GTEST_SKIP() << "no model with a tokenizer in models/ or tests/data/golden/";
+  const std::string base = std::string(TRIDENT_BINARY) + " generate --model " + model +
+                           " --prompt 'The quick brown fox' --max-new-tokens 12 --ignore-eos";
+  RankRun one = shell(base + " --ep 1", false);
+  ASSERT_EQ(one.exit_code, 0) << one.output;
+  RankRun placed = shell(base + " --ep 4 --expert-placement " + placement_file(model, 4, 4), false);
+  EXPECT_EQ(placed.exit_code, 0) << placed.output;
+  EXPECT_EQ(placed.output, one.output);
+  // The log goes to a file: on the terminal it would land between the tokens.
+  const std::string log = (std::filesystem::temp_directory_path() /
+                           ("trident-eplb-moving-" + std::to_string(getpid()) + ".log"))
+                              .string();
+  RankRun moving =
+      shell("{ " + base + " --ep 2 --ep-redundant-experts 2 --eplb-interval 3 2>" + log + "; }",
+            false);
+  EXPECT_EQ(moving.exit_code, 0) << moving.output;
+  EXPECT_EQ(moving.output, one.output);
+  std::ifstream in(log);
+  const std::string logged((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_NE(logged.find("expert copies moved"), std::string::npos) << logged;
+  std::filesystem::remove(log);
 }

@@ -69,7 +69,7 @@ ModelConfig tiny_moe_config(const TinyMoeSpec& spec) {
       {"vocab_size", 512},
       {"hidden_size", 256},
       {"intermediate_size", 256},
-      {"moe_intermediate_size", 64},
+      {"moe_intermediate_size", spec.moe_intermediate},
       {"num_hidden_layers", 3},
       {"num_attention_heads", 4},
       {"q_lora_rank", 96},
@@ -133,8 +133,7 @@ ModelWeights tiny_moe_weights(const ModelConfig& c, const TinyMoeSpec& spec,
       moe.experts.global_to_local.assign(c.n_routed_experts, -1);
       for (int e = 0; e < c.n_routed_experts; ++e) {
         if (holds && !holds(l, e)) continue;
-        MlpWeights ex = mlp(spec, fmt::format("{}.experts.{}", p, e), hidden,
-                            c.moe_intermediate_size, spec.fp8);
+        MlpWeights ex = tiny_moe_expert(c, spec, l, e);
         moe.experts.global_to_local[e] = int32_t(moe.experts.gate.size());
         moe.experts.gate.push_back(ex.gate);
         moe.experts.up.push_back(ex.up);
@@ -146,6 +145,12 @@ ModelWeights tiny_moe_weights(const ModelConfig& c, const TinyMoeSpec& spec,
     m.layers.push_back(std::move(L));
   }
   return m;
+}
+
+MlpWeights tiny_moe_expert(const ModelConfig& c, const TinyMoeSpec& spec, int layer,
+                           int expert) {
+  return mlp(spec, fmt::format("layers.{}.experts.{}", layer, expert), c.hidden_size,
+             c.moe_intermediate_size, spec.fp8);
 }
 
 }  // namespace trident::testing

@@ -16,6 +16,8 @@ struct TinyMoeSpec {
   uint64_t seed = 1;
   // A router bias that sends every token to these experts (skewed routing); empty: none.
   std::vector<int> favoured_experts;
+  // Routed experts' intermediate size (larger makes the experts the bulk of a step's work).
+  int moe_intermediate = 64;
 };
 
 // 3 layers (1 dense, 2 MoE), hidden 256, 16 routed experts in 4 groups, top-4, 1 shared expert.
@@ -25,5 +27,8 @@ ModelConfig tiny_moe_config(const TinyMoeSpec& spec);
 // other tensor is the same whatever is held.
 ModelWeights tiny_moe_weights(const ModelConfig& config, const TinyMoeSpec& spec,
                               const std::function<bool(int, int)>& holds = {});
+// One routed expert, the same as tiny_moe_weights makes it (an expert load balancer's source).
+MlpWeights tiny_moe_expert(const ModelConfig& config, const TinyMoeSpec& spec, int layer,
+                           int expert);
 
 }  // namespace trident::testing

@@ -34,8 +34,8 @@ TEST(CudaExpertCounts, AddsTheCpuCountsToOneLayersRowAndLeavesTheOthers) {
   SCOPED_TRACE(seed_note());
   // One token; an odd batch; a decode batch of DeepSeek-V3's 256 experts top-8; a prefill chunk
   // over several programs; a small expert count with many tokens on each expert.
-  const int64_t shapes[][3] = {{1, 1, 1}, {37, 3, 17}, {128, 8, 256}, {4099, 8, 256},
-                               {2000, 4, 16}};
+  const int64_t shapes[][3] = {
+      {1, 1, 1}, {37, 3, 17}, {128, 8, 256}, {4099, 8, 256}, {2000, 4, 16}};
   for (const auto& s : shapes) {
     const int64_t tokens = s[0], top_k = s[1], experts = s[2];
     SCOPED_TRACE(fmt::format("{} tokens, top-{}, {} experts", tokens, top_k, experts));
