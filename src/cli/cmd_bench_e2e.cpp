@@ -137,6 +137,9 @@ void register_bench_e2e(CLI::App& app) {
   cmd->add_option("--cuda-graphs", args->cuda_graphs,
                   "Time decode steps as CUDA graph replays too (on a GPU, one rank): on or off")
       ->check(CLI::IsMember({"on", "off"}));
+  cmd->add_option("--moe-down", o.moe_down,
+                  "Routed experts' down-projection kernel, kernel/variant (e.g. "
+                  "moe_down/fp8_m64n128_w4s3), in place of the default by rows per expert");
   cmd->add_option("--gpu-memory-fraction", o.gpu_memory_fraction,
                   "Fraction of the GPU's memory to reserve at start")
       ->check(CLI::Range(0.01, 1.0));

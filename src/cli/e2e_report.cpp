@@ -98,7 +98,8 @@ json e2e_json(const E2eReport& r, const RunInfo& info) {
         {"warmup", o.warmup},
         {"steps", o.steps},
         {"steering_iterations", o.steering_iterations},
-        {"steering_tokens", o.steering_tokens}}},
+        {"steering_tokens", o.steering_tokens},
+        {"moe_down", o.moe_down}}},
   };
   json cases = json::array();
   for (const E2eCase& c : r.cases) {

@@ -676,6 +676,14 @@ E2eReport Bench::run() {
   if (backend_->device() == Device::CUDA)
     report_.device_name = static_cast<cuda::CudaBackend&>(*backend_).context().name();
 #endif
+  if (!o_.moe_down.empty()) {
+#ifdef TRIDENT_CUDA
+    if (backend_->device() == Device::CUDA)
+      static_cast<cuda::CudaBackend&>(*backend_).set_moe_override(cuda::MoeChoice{"", o_.moe_down});
+#endif
+    TRI_CHECK(backend_->device() == Device::CUDA,
+              "--moe-down {} names a CUDA kernel; this run is on the CPU", o_.moe_down);
+  }
   rng_.seed(o_.seed * 1000003 + uint64_t(rank_));
   random_ = std::make_unique<RandomWeights>(*backend_, preset_, o_.seed);
   timer_ = make_stage_timer(*backend_);

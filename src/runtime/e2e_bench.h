@@ -46,6 +46,9 @@ struct E2eOptions {
   // Decode steps replayed as CUDA graphs (runtime/decode_graphs.h), one per batch bucket, where
   // the backend has graphs and there is one rank; every decode case also times eager steps.
   bool cuda_graphs = true;
+  // The grouped down-projection kernel of the routed experts ("kernel/variant", CUDA), in place
+  // of the default by rows per expert: to tell a kernel's effect on the figures from the rest.
+  std::string moe_down;
 
   std::string device = "cpu";
   int device_index = 0;
