@@ -1,7 +1,8 @@
 // What the expert load balancer gains under skewed routing, on CPU ranks: every token of every
 // rank goes to rank 0's experts (the router bias favours them), the ranks prefill the same
 // number of tokens step after step, and halfway the balancer moves the experts. Rank 0 prints,
-// for the steps before and after, the tokens each rank's experts received and the step time.
+// for the steps before and after, the tokens each rank's experts received, the CPU time each
+// rank spent in its experts (a step's critical path with a core per rank) and the step time.
 #pragma once
 
 #include "parallel/rank_group.h"

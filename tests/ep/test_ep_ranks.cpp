@@ -348,6 +348,12 @@ TEST(EpRanks, EplbGainTheBusiestRankReceivesFarFewerTokensAfterARebalance) {
       << r.output;
   EXPECT_GT(std::stod(before[1]), 1.9) << r.output;  // everything on rank 0
   EXPECT_LT(std::stod(after[1]), 1.2) << r.output;
+  // The busiest rank's expert work (CPU time, whatever else the machine runs) about halves.
+  std::smatch cpu;
+  ASSERT_TRUE(
+      std::regex_search(r.output, cpu, std::regex("busiest rank's expert CPU time ([\\d.]+)")))
+      << r.output;
+  EXPECT_LT(std::stod(cpu[1]), 0.75) << r.output;
 }
 
 TEST(EpCommand, GenerateFromAPlacementFileOrMovingExpertsGivesTheTextOfOneRank) {
