@@ -4,12 +4,16 @@
 // expert parallelism, moves experts while the engine runs:
 //
 //   between two steps, on every rank at the same point (ExpertParallel's between-steps hook),
-//   every --eplb-interval steps or when asked (POST /expert_load/rebalance): the ranks sum their
-//   counts since the last rebalance, each plans the same placements from the same sums
+//   every --eplb-interval steps or when asked (POST /admin/rebalance_experts): the ranks sum
+//   their counts since the last rebalance, each plans the same placements from the same sums
 //   (placement_policy.h) and checks that all agree, loads the experts it is newly given from the
 //   (mapped) checkpoint, waits for the others to have theirs, and then all swap the placement
 //   and the model's expert weights before the step. Requests in flight never notice: nothing
-//   but the experts' homes changes, so outputs are those of one rank holding every expert.
+//   but the experts' homes changes, so outputs are those of one rank holding every expert (up
+//   to the order in which partial sums are added).
+//
+// Known gap: decode steps run as CUDA graphs (one rank on a GPU) count their padding rows too
+// (token 0 at position 0, the same experts every step), at most the bucket's rounding.
 #pragma once
 
 #include <cstdint>
