@@ -1,6 +1,5 @@
 #include "runtime/device_ceilings.h"
 
-#include <dlfcn.h>
 
 #include <algorithm>
 #include <cstring>
@@ -64,26 +63,15 @@ double bf16_rate(Backend& backend, RandomWeights& random, const GemmShape& g) {
 }
 
 #ifdef TRIDENT_CUDA
-// The driver's device-to-device copy. Trident's driver table (cuda_driver.h) has no copy between
-// device buffers, so the function is looked up in the driver library the backend has loaded.
-using MemcpyDtoDAsync = decltype(&::cuMemcpyDtoDAsync);
-
-MemcpyDtoDAsync driver_copy() {
-  void* lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
-  void* fn = lib ? dlsym(lib, "cuMemcpyDtoDAsync_v2") : nullptr;
-  TRI_CHECK(fn != nullptr, "the CUDA driver has no cuMemcpyDtoDAsync_v2 to measure copy bandwidth");
-  return reinterpret_cast<MemcpyDtoDAsync>(fn);
-}
-
 MeasuredCeilings measure_cuda(cuda::CudaBackend& backend, RandomWeights& random) {
   MeasuredCeilings m;
   {
     constexpr int64_t kBytes = int64_t(1) << 30;
     Tensor a = backend.alloc(DType::U8, {kBytes}), b = backend.alloc(DType::U8, {kBytes});
-    const MemcpyDtoDAsync copy = driver_copy();
     const CUstream stream = backend.context().stream();
     const double s = median_seconds(backend, [&] {
-      cuda::check(copy(cuda::device_ptr(b), cuda::device_ptr(a), size_t(kBytes), stream),
+      cuda::check(cuda::cu().cuMemcpyDtoDAsync(cuda::device_ptr(b), cuda::device_ptr(a),
+                                               size_t(kBytes), stream),
                   "copying between device buffers");
     });
     m.ceilings.copy_bytes_per_s = 2.0 * double(kBytes) / s;

@@ -305,10 +305,14 @@ TEST(CudaMoeExperts, MatchCpuAtDeepSeekV3Shapes) {
   SCOPED_TRACE(seed_note());
   const ExpertShape& s = kDeepSeekV3;
   const TestExperts ex = make_experts(s, true, 8, all_local(s.n_global));
-  for (int64_t T : kTokenCounts) {
+  // 4608 tokens give 144 rows per expert, past where the down projection's default becomes the
+  // warp-specialized kernel: the prefill sizes of a real server.
+  for (int64_t T : {int64_t(1), int64_t(7), int64_t(128), int64_t(2048), int64_t(4608)}) {
     Tensor x = random_host(DType::BF16, {T, s.hidden});
     expect_experts_match(ex, x, random_routing(T, s.top_k, s.n_global),
                          fmt::format("DeepSeek-V3 FP8, {} tokens", T));
+    std::printf("DeepSeek-V3 FP8 experts, %lld tokens: %s, %s\n", static_cast<long long>(T),
+                gpu().last_moe().gate_up.c_str(), gpu().last_moe().down.c_str());
   }
 }
 

@@ -36,6 +36,7 @@ namespace trident::cuda {
   X(cuMemFreeAsync)                      \
   X(cuMemcpyHtoDAsync)                   \
   X(cuMemcpyDtoHAsync)                   \
+  X(cuMemcpyDtoDAsync)                   \
   X(cuMemsetD8Async)                     \
   X(cuMemGetInfo)                        \
   X(cuEventCreate)                       \
