@@ -105,7 +105,9 @@ void improve_by_swaps(Packs& packs, const std::vector<double>& w, const std::vec
 void check_shape(int n_experts, const PlacementShape& s) {
   const int R = s.n_ranks;
   TRI_CHECK(R >= 1 && n_experts >= R && n_experts % R == 0,
-            "expert placement: {} experts do not split evenly over {} ranks", n_experts, R);
+            "expert placement: {} experts do not split evenly over {} ranks: use a rank count "
+            "that divides {}",
+            n_experts, R, n_experts);
   TRI_CHECK(s.redundant >= 0 && s.redundant % R == 0,
             "expert placement: {} redundant copies do not split evenly over {} ranks: use a "
             "multiple of {}",
