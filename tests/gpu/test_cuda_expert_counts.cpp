@@ -10,11 +10,14 @@
 namespace trident::gpu_test {
 namespace {
 
-// Ids of `tokens` x `top_k` choices, a few outside [0, experts) (which neither backend counts).
+// Ids of `tokens` x `top_k` choices, a few outside [0, experts) (which neither backend counts),
+// the first always inside.
 Tensor random_expert_ids(int64_t tokens, int64_t top_k, int32_t experts) {
   Tensor ids = cpu_tensor(DType::I32, {tokens, top_k});
   std::uniform_int_distribution<int32_t> pick(-2, experts + 1);
   for (int64_t i = 0; i < ids.numel(); ++i) ids.ptr<int32_t>()[i] = pick(rng());
+  // At least one counted id, so every case changes the counts.
+  ids.ptr<int32_t>()[0] = std::uniform_int_distribution<int32_t>(0, experts - 1)(rng());
   return ids;
 }
 

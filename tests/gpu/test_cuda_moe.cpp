@@ -391,6 +391,37 @@ TEST(CudaMoeExperts, EveryCompiledTileMatchesCpu) {
   }
 }
 
+// The warp-specialized down projection forced where the tile test above does not take it: many
+// experts with two tiles each (144 rows: a full tile and a partial one) at a short K, few experts
+// at DeepSeek-V3's K (16 blocks, past the pipeline's stages), and DeepSeek-V3's shapes.
+// Disabled, as a known bug: on an H200 every case fails (rel_l2 0.6 to 0.8, and
+// 1e37 with 24 experts), while the tile test, where no expert has more than one 128-row tile,
+// passes and Triton's interpreter passes all of them: the compiled kernel goes wrong on an
+// expert's second tile. No default takes the kernel; run with --gtest_also_run_disabled_tests
+// when fixing it.
+TEST(CudaMoeExperts, DISABLED_WarpSpecializedDownMatchesCpu) {
+  SCOPED_TRACE(seed_note());
+  struct Case {
+    ExpertShape shape;
+    int64_t tokens;
+  };
+  const Case cases[] = {{{256, 8, 512, 384}, 4608}, {{24, 4, 512, 2048}, 1000},
+                        {{256, 8, 512, 2048}, 4608}, {kDeepSeekV3, 4608}};
+  for (const Case& c : cases) {
+    const TestExperts ex = make_experts(c.shape, true, 8, all_local(c.shape.n_global));
+    Tensor x = random_host(DType::BF16, {c.tokens, c.shape.hidden});
+    cuda::MoeChoice choice;
+    choice.down = "moe_down_ws/fp8_m128n128_w4s4";
+    gpu().set_moe_override(choice);
+    expect_experts_match(ex, x, random_routing(c.tokens, c.shape.top_k, c.shape.n_global),
+                         fmt::format("warp-specialized down, {} experts top-{}, hidden {}, "
+                                     "intermediate {}, {} tokens",
+                                     c.shape.n_global, c.shape.top_k, c.shape.hidden,
+                                     c.shape.inter, c.tokens));
+  }
+  gpu().set_moe_override(std::nullopt);
+}
+
 TEST(CudaMoeExperts, RefusesExpertsOfDifferentShapes) {
   TestExperts ex = make_experts(kTiny, false, 2, all_local(2));
   ex.device.up[1] = {gpu().upload(random_host(DType::BF16, {kTiny.inter + 16, kTiny.hidden})), {}};
