@@ -85,13 +85,7 @@ void run(BenchE2eArgs& a) {
 }  // namespace
 
 void register_bench_e2e(CLI::App& app) {
-  CLI::App* bench = nullptr;
-  for (CLI::App* sub : app.get_subcommands([](CLI::App* s) { return s->get_name() == "bench"; }))
-    bench = sub;
-  if (!bench) {
-    bench = app.add_subcommand("bench", "Benchmarks");
-    bench->require_subcommand(1);
-  }
+  CLI::App* bench = &bench_command(app);
   auto args = std::make_shared<BenchE2eArgs>();
   E2eOptions& o = args->options;
   o.routings.clear();

@@ -382,14 +382,7 @@ void run_bench(const BenchArgs& a) {
 }  // namespace
 
 void register_bench_serve(CLI::App& app) {
-  // `bench` may hold other benchmarks; serve is one of its subcommands.
-  CLI::App* bench = nullptr;
-  for (CLI::App* sub : app.get_subcommands([](CLI::App* s) { return s->get_name() == "bench"; }))
-    bench = sub;
-  if (!bench) {
-    bench = app.add_subcommand("bench", "Benchmarks");
-    bench->require_subcommand(1);
-  }
+  CLI::App* bench = &bench_command(app);
   auto args = std::make_shared<BenchArgs>();
   CLI::App* cmd = bench->add_subcommand(
       "serve", "Load an OpenAI-compatible server and report throughput and latency percentiles");

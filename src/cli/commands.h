@@ -12,4 +12,7 @@ void register_bench_e2e(CLI::App& app);
 void register_eval(CLI::App& app);
 void register_eplb(CLI::App& app);
 
+// `trident bench`, which holds the benchmarks as its subcommands: made by the first to ask.
+CLI::App& bench_command(CLI::App& app);
+
 }  // namespace trident::cli
